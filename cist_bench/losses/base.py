@@ -1,0 +1,196 @@
+"""The contract every distillation objective follows, and the shared tensor helpers.
+
+A loss is an ``nn.Module`` built from explicit keyword hyperparameters. Calling it::
+
+    out = loss_fn(student_logits, teacher_logits, target, progress=0.3)
+
+takes logits of shape ``(..., C)`` and targets ``(...)`` (``-100`` = ignore this position, as in
+``F.cross_entropy``), flattens them to rows, drops ignored rows, and returns a dict with
+
+* ``"loss"`` = ``"ce"`` + ``"kd"`` (scalar, differentiable w.r.t. the student logits and the
+  loss's own parameters; never w.r.t. the teacher logits, which are detached),
+* ``"ce"``: ``ce_weight`` · cross-entropy on the raw student logits (a zero tensor when
+  ``ce_weight == 0``),
+* ``"kd"``: the weighted distillation term,
+* ``"stats/…"``: detached diagnostics that every loss reports the same way: the mean/std of the
+  teacher and student temperatures it used and of the normalised teacher soft-label entropy
+  ``H(p_t)/log C``, plus method-specific ones (e.g. CIST's weights).
+
+``progress`` ∈ [0, 1] is the fraction of training done. Warm-ups and curricula are functions of
+it, never of an epoch count, so a method behaves the same under any schedule length.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cist_bench.errors import ConfigError
+
+IGNORE_INDEX = -100
+
+Stats = dict[str, Tensor]
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_positive(name: str, value: float) -> None:
+    if not value > 0 or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a positive finite number, got {value!r}", field=name)
+
+
+def check_nonnegative(name: str, value: float) -> None:
+    if not value >= 0 or not math.isfinite(value):
+        raise ConfigError(f"{name} must be >= 0, got {value!r}", field=name)
+
+
+def check_range(name: str, value: float, lo: float, hi: float, *, lo_open: bool = False,
+                hi_open: bool = False) -> None:
+    ok_lo = value > lo if lo_open else value >= lo
+    ok_hi = value < hi if hi_open else value <= hi
+    if not (ok_lo and ok_hi):
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise ConfigError(f"{name} must be in {interval}, got {value!r}", field=name)
+
+
+# --------------------------------------------------------------------------- tensor helpers
+
+
+def kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """KL(p ‖ q) per row from log-probabilities, summed over the last dim → (N,).
+
+    Rows where p has exact zeros contribute 0 there (``0·log 0 = 0``) even if q is 0 too.
+    """
+    p = log_p.exp()
+    # select before multiplying so that masked (-inf) entries give neither nan values nor nan grads
+    diff = torch.where(p > 0, log_p - log_q, torch.zeros_like(p))
+    return (p * diff).sum(-1)
+
+
+def normalized_entropy(log_p: Tensor) -> Tensor:
+    """``H(p)/log C`` per row → (N,), in [0, 1]."""
+    p = log_p.exp()
+    h = -(p * torch.where(p > 0, log_p, torch.zeros_like(p))).sum(-1)
+    return h / math.log(log_p.shape[-1])
+
+
+def mean_std(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Detached mean and population std (well-defined for a single row)."""
+    x = x.detach().float().reshape(-1)
+    if x.numel() == 0:
+        nan = torch.tensor(float("nan"), device=x.device)
+        return nan, nan
+    return x.mean(), x.std(unbiased=False)
+
+
+def temperature_stats(tau_t: Tensor | float, tau_s: Tensor | float, log_p_t: Tensor | None,
+                      n_rows: int, device: torch.device) -> Stats:
+    """The diagnostics every loss reports. Constant temperatures are broadcast to the rows."""
+
+    def as_rows(tau: Tensor | float) -> Tensor:
+        tau = torch.as_tensor(tau, dtype=torch.float32, device=device).detach()
+        return tau.reshape(-1).expand(n_rows) if tau.numel() == 1 else tau.reshape(-1)
+
+    stats: Stats = {}
+    for key, tau in (("tau_t", tau_t), ("tau_s", tau_s)):
+        stats[f"stats/{key}_mean"], stats[f"stats/{key}_std"] = mean_std(as_rows(tau))
+    if log_p_t is None:
+        nan = torch.tensor(float("nan"), device=device)
+        stats["stats/teacher_entropy_mean"] = stats["stats/teacher_entropy_std"] = nan
+    else:
+        h = normalized_entropy(log_p_t.detach().float())
+        stats["stats/teacher_entropy_mean"], stats["stats/teacher_entropy_std"] = mean_std(h)
+    return stats
+
+
+def standardize_logits(z: Tensor, eps: float = 1e-7) -> Tensor:
+    """Logit standardisation (Sun et al., CVPR 2024): ``(z − mean)/(eps + std)`` per row.
+
+    The std uses Bessel's correction (``unbiased=True``), as in the authors' reference code.
+    """
+    return (z - z.mean(-1, keepdim=True)) / (eps + z.std(-1, keepdim=True))
+
+
+def linear_warmup(progress: float, warmup: float) -> float:
+    """``min(progress / warmup, 1)``; ``warmup == 0`` means no warm-up."""
+    return 1.0 if warmup <= 0 else min(progress / warmup, 1.0)
+
+
+# --------------------------------------------------------------------------- the base module
+
+
+class DistillationLoss(nn.Module):
+    """Base class: row flattening, ignore-index masking, the CE term and the output dict.
+
+    Subclasses implement :meth:`distill` on the valid rows only and return the *weighted*
+    distillation term and their diagnostics.
+    """
+
+    #: False for losses that ignore the teacher (``ce``).
+    needs_teacher: ClassVar[bool] = True
+    #: True for losses that cannot work without class targets (DKD's target/non-target split).
+    needs_target: ClassVar[bool] = False
+
+    def __init__(self, *, ce_weight: float) -> None:
+        super().__init__()
+        check_nonnegative("ce_weight", ce_weight)
+        self.ce_weight = float(ce_weight)
+
+    # subclasses override -------------------------------------------------------------
+    def distill(self, s: Tensor, t: Tensor, y: Tensor | None, progress: float) -> tuple[Tensor, Stats]:
+        """Weighted KD term (scalar) and stats for valid rows ``s, t`` (N, C), ``y`` (N,)."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------
+    def hparams(self) -> dict[str, Any]:
+        """The hyperparameters this loss was built with (for result records)."""
+        return dict(getattr(self, "_hparams", {}))
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor | None = None,
+                target: Tensor | None = None, progress: float = 0.0) -> dict[str, Tensor]:
+        if not (-1e-6 <= float(progress) <= 1.0 + 1e-6):
+            raise ValueError(f"progress must be in [0, 1], got {progress!r}")
+        progress = min(max(float(progress), 0.0), 1.0)
+        num_classes = student_logits.shape[-1]
+        s = student_logits.reshape(-1, num_classes)
+        t = None
+        if teacher_logits is not None:
+            if teacher_logits.shape != student_logits.shape:
+                raise ValueError(
+                    f"teacher logits {tuple(teacher_logits.shape)} and student logits "
+                    f"{tuple(student_logits.shape)} differ in shape"
+                )
+            t = teacher_logits.detach().reshape(-1, num_classes)
+        elif self.needs_teacher:
+            raise ValueError(f"{type(self).__name__} needs teacher logits")
+        y = None
+        if target is not None:
+            y = target.reshape(-1)
+            if y.shape[0] != s.shape[0]:
+                raise ValueError(
+                    f"target {tuple(target.shape)} does not match logits {tuple(student_logits.shape)}"
+                )
+            valid = y != IGNORE_INDEX
+            if not bool(valid.all()):  # language-model padding: keep only real positions
+                s, y = s[valid], y[valid]
+                t = t[valid] if t is not None else None
+        elif self.needs_target or self.ce_weight > 0:
+            raise ValueError(f"{type(self).__name__} needs targets (ce_weight={self.ce_weight})")
+
+        if s.shape[0] == 0:  # every position ignored: a zero that keeps the graph connected
+            ce = student_logits.float().sum() * 0.0
+            kd = sum((p.sum() * 0.0 for p in self.parameters()), torch.zeros_like(ce))
+            stats = temperature_stats(float("nan"), float("nan"), None, 1, s.device)
+            return {"loss": ce + kd, "ce": ce, "kd": kd, **stats}
+
+        if self.ce_weight > 0:
+            ce = self.ce_weight * F.cross_entropy(s.float(), y)
+        else:
+            ce = s.new_zeros((), dtype=torch.float32)
+        kd, stats = self.distill(s.float(), t.float() if t is not None else None, y, progress)
+        return {"loss": ce + kd, "ce": ce, "kd": kd, **stats}

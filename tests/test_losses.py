@@ -1,0 +1,548 @@
+"""The loss library: every registered loss is tested because it is registered.
+
+``SETTINGS`` must name every loss in the registry (a new loss without an entry fails
+``test_every_loss_has_settings``). Properties are checked against independent hand
+computations, and golden values at fixed seeds are pinned in ``fixtures/loss_golden.json``
+(regenerate deliberately with ``CIST_BENCH_REGEN_GOLDEN=1 pytest tests/test_losses.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cist_bench.errors import HyperparameterTypeError, UnknownNameError
+from cist_bench.losses import create_loss, list_losses, loss_params
+from cist_bench.losses.cist import cist_weights, entropy_temperature
+from cist_bench.losses.dkd import dkd_parts
+
+GOLDEN = Path(__file__).parent / "fixtures" / "loss_golden.json"
+
+# per loss: hyperparameters for the tests, whether it is a divergence (0 at s == t),
+# and an invalid value that must be refused
+SETTINGS: dict[str, dict] = {
+    "ce": {"hp": {}, "divergence": False, "invalid": {"ce_weight": -1.0}},
+    "kd": {"hp": {"temperature": 4.0}, "divergence": True, "invalid": {"temperature": -4.0}},
+    "dkd": {"hp": {"alpha": 1.0, "beta": 8.0, "warmup": 0.0}, "divergence": True,
+            "invalid": {"beta": -1.0}},
+    "ctkd": {"hp": {}, "divergence": True, "invalid": {"t_min": 5.0, "t_max": 2.0}},
+    "dtkd": {"hp": {"warmup": 0.0}, "divergence": True, "invalid": {"temperature": 0.0}},
+    "dist": {"hp": {"temperature": 2.0}, "divergence": True, "invalid": {"gamma": -0.5}},
+    "cist": {"hp": {}, "divergence": True, "invalid": {"tau_min": 8.0, "tau_max": 2.0}},
+    "cist_shared": {"hp": {}, "divergence": True, "invalid": {"tau_min": -1.0}},
+    "cist_noweight": {"hp": {}, "divergence": True, "invalid": {"kd_weight": -1.0}},
+    # the student keeps τ_ref while the teacher adapts: not zero at s == t by design
+    "cist_teacher_only": {"hp": {}, "divergence": False, "invalid": {"tau_ref": 0.0}},
+    # τ_t from the entropy target, τ_s from the ratio: not zero at s == t by design
+    "cist_entropy": {"hp": {"tau_min": 0.05, "tau_max": 100.0}, "divergence": False,
+                     "invalid": {"target_entropy": 1.5}},
+    "fkl": {"hp": {"temperature": 2.0}, "divergence": True, "invalid": {"temperature": -1.0}},
+    "rkl": {"hp": {"temperature": 2.0}, "divergence": True, "invalid": {"kd_weight": -2.0}},
+    "tvd": {"hp": {}, "divergence": True, "invalid": {"temperature": -1.0}},
+    "jsd": {"hp": {"beta": 0.3}, "divergence": True, "invalid": {"beta": 1.0}},
+    "skl": {"hp": {"alpha": 0.2}, "divergence": True, "invalid": {"alpha": 1.0}},
+    "srkl": {"hp": {"alpha": 0.2}, "divergence": True, "invalid": {"alpha": -0.1}},
+    "akl": {"hp": {"mu": 0.5}, "divergence": True, "invalid": {"mu": 2.0}},
+}
+ALL = list_losses()
+
+
+def centre(z: torch.Tensor) -> torch.Tensor:
+    return z - z.mean(-1, keepdim=True)
+
+
+def make_batch(seed: int = 0, n: int = 16, c: int = 10, scale: float = 3.0):
+    g = torch.Generator().manual_seed(seed)
+    # rows of very different logit scale, as in the CIST motivation
+    row_scale = torch.linspace(0.5, 2.0, n)[:, None] * scale
+    t = torch.randn(n, c, generator=g) * row_scale
+    s = torch.randn(n, c, generator=g) * scale * 0.7
+    y = torch.randint(0, c, (n,), generator=g)
+    return s, t, y
+
+
+def test_every_loss_has_settings() -> None:
+    assert sorted(SETTINGS) == ALL, "every registered loss needs a SETTINGS entry here"
+
+
+def test_expected_names_registered() -> None:
+    expected = {"ce", "kd", "dkd", "ctkd", "dtkd", "dist", "cist", "cist_shared", "cist_noweight",
+                "cist_teacher_only", "cist_entropy", "fkl", "rkl", "tvd", "jsd", "skl", "srkl",
+                "akl"}
+    assert expected <= set(ALL)
+
+
+# ----------------------------------------------------------------------------- contract
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_contract_finite_and_gradients(name: str) -> None:
+    s, t, y = make_batch()
+    s.requires_grad_(True)
+    t.requires_grad_(True)
+    loss_fn = create_loss(name, **SETTINGS[name]["hp"])
+    out = loss_fn(s, t, y, progress=0.5)
+    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
+    torch.testing.assert_close(out["loss"], out["ce"] + out["kd"])
+    for key in ("tau_t_mean", "tau_t_std", "tau_s_mean", "tau_s_std",
+                "teacher_entropy_mean", "teacher_entropy_std"):
+        v = out[f"stats/{key}"]
+        assert not v.requires_grad and torch.isfinite(v), key
+    assert 0.0 <= float(out["stats/teacher_entropy_mean"]) <= 1.0
+    out["loss"].backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert t.grad is None, "no gradient may reach the teacher"
+    for p in loss_fn.parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if SETTINGS[n]["divergence"]])
+def test_zero_when_student_equals_teacher(name: str) -> None:
+    _, t, y = make_batch(1)
+    out = create_loss(name, **SETTINGS[name]["hp"], ce_weight=0.0)(t.clone(), t, y, progress=1.0)
+    assert abs(float(out["kd"].detach())) < 1e-5, float(out["kd"].detach())
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if n != "ce"])
+def test_kd_term_positive_when_they_differ(name: str) -> None:
+    s, t, y = make_batch(2)
+    out = create_loss(name, **SETTINGS[name]["hp"])(s, t, y, progress=1.0)
+    assert float(out["kd"]) > 1e-4
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_ignore_index_equals_dropping_rows(name: str) -> None:
+    s, t, y = make_batch(3, n=12)
+    y_masked = y.clone()
+    y_masked[[1, 4, 5, 11]] = -100
+    keep = y_masked != -100
+    hp = SETTINGS[name]["hp"]
+    # (B, T, C) layout of a language model, with padding positions
+    full = create_loss(name, **hp)(s.view(3, 4, -1), t.view(3, 4, -1), y_masked.view(3, 4),
+                                   progress=0.7)
+    dropped = create_loss(name, **hp)(s[keep], t[keep], y[keep], progress=0.7)
+    for key in ("loss", "ce", "kd"):
+        torch.testing.assert_close(full[key], dropped[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_all_positions_ignored_gives_zero_with_graph(name: str) -> None:
+    s, t, _ = make_batch(4, n=4)
+    s.requires_grad_(True)
+    y = torch.full((4,), -100)
+    out = create_loss(name, **SETTINGS[name]["hp"])(s, t, y)
+    assert float(out["loss"]) == 0.0
+    out["loss"].backward()
+    assert s.grad is not None and float(s.grad.abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bfloat16_logits(name: str) -> None:
+    s, t, y = make_batch(5)
+    out = create_loss(name, **SETTINGS[name]["hp"])(s.bfloat16(), t.bfloat16(), y, progress=0.5)
+    assert torch.isfinite(out["loss"]) and out["loss"].dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_invalid_value_refused_naming_it(name: str) -> None:
+    bad = SETTINGS[name]["invalid"]
+    with pytest.raises(ValueError) as err:
+        create_loss(name, **bad)
+    assert any(str(v) in str(err.value) for v in bad.values()), str(err.value)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_unknown_and_ill_typed_hyperparameters(name: str) -> None:
+    with pytest.raises(UnknownNameError, match="ce_wieght") as err:
+        create_loss(name, ce_wieght=1.0)
+    assert "ce_weight" in str(err.value)  # did you mean
+    first_float = next(k for k, p in loss_params(name).items() if p.annotation is float)
+    with pytest.raises(HyperparameterTypeError, match=first_float):
+        create_loss(name, **{first_float: "high"})
+
+
+def test_unknown_loss_name_lists_nearest() -> None:
+    with pytest.raises(UnknownNameError, match="'cist'"):
+        create_loss("cits")
+    with pytest.raises(KeyError):  # also catchable as a KeyError
+        create_loss("not_a_loss")
+
+
+def test_ratio_accepts_auto_or_float_only() -> None:
+    assert create_loss("cist", ratio=2).ratio == 2.0
+    with pytest.raises(HyperparameterTypeError, match="ratio"):
+        create_loss("cist", ratio="automatic")
+    with pytest.raises(ValueError, match="-1.0"):
+        create_loss("cist", ratio=-1.0)
+
+
+def test_ablations_refuse_the_knob_they_fix() -> None:
+    with pytest.raises(UnknownNameError, match="reweight"):
+        create_loss("cist_noweight", reweight=True)
+    with pytest.raises(UnknownNameError, match="student_ratio"):
+        create_loss("cist_shared", student_ratio=1.0)
+
+
+def test_progress_out_of_range() -> None:
+    s, t, y = make_batch()
+    with pytest.raises(ValueError, match="1.5"):
+        create_loss("kd")(s, t, y, progress=1.5)
+
+
+def test_missing_teacher_or_target() -> None:
+    s, t, y = make_batch()
+    with pytest.raises(ValueError, match="teacher"):
+        create_loss("kd")(s, None, y)
+    with pytest.raises(ValueError, match="targets"):
+        create_loss("dkd")(s, t, None)
+    # the CE baseline runs without a teacher; pure distillation runs without targets
+    assert torch.isfinite(create_loss("ce")(s, None, y)["loss"])
+    assert torch.isfinite(create_loss("fkl", ce_weight=0.0)(s, t, None)["loss"])
+
+
+def test_hparams_recorded_with_defaults() -> None:
+    loss = create_loss("kd", temperature=2)
+    assert loss.hparams() == {"temperature": 2.0, "ce_weight": 1.0, "kd_weight": 1.0,
+                              "logit_standardize": False}
+
+
+# ----------------------------------------------------------------------------- KD family
+
+
+def manual_kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return (p * (np.log(p) - np.log(q))).sum(-1)
+
+
+def softmax_np(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0, 8.0])
+def test_kd_matches_hand_computation_with_tau_squared(temperature: float) -> None:
+    s, t, y = make_batch(6)
+    out = create_loss("kd", temperature=temperature, ce_weight=0.1, kd_weight=0.9)(s, t, y)
+    kl = manual_kl(softmax_np(t.double().numpy() / temperature),
+                   softmax_np(s.double().numpy() / temperature)).mean()
+    assert float(out["kd"]) == pytest.approx(0.9 * temperature**2 * kl, rel=1e-5)
+    ce = F.cross_entropy(s, y)
+    assert float(out["ce"]) == pytest.approx(0.1 * float(ce), rel=1e-6)
+
+
+def test_kd_tau_squared_keeps_gradient_scale() -> None:
+    """Hinton et al.: for large T, ∂(T²·KL)/∂s ≈ (s̄ − t̄)/C per row — independent of T."""
+    s, t, y = make_batch(7, scale=1.0)
+    n, c = s.shape
+    expected = ((s - s.mean(-1, keepdim=True)) - (t - t.mean(-1, keepdim=True))) / (c * n)
+    scale = float(expected.abs().max())
+    for temperature in (60.0, 120.0):  # float32 limits how far T can go before round-off
+        s_ = s.clone().requires_grad_(True)
+        create_loss("kd", temperature=temperature, ce_weight=0.0)(s_, t, y)["loss"].backward()
+        torch.testing.assert_close(s_.grad, expected, rtol=0.0, atol=0.05 * scale)
+
+
+def test_logit_standardization_invariance() -> None:
+    s, t, y = make_batch(8)
+    g = torch.Generator().manual_seed(1)
+    shift_s, shift_t = torch.randn(16, 1, generator=g) * 5, torch.randn(16, 1, generator=g) * 5
+    scale_s, scale_t = torch.rand(16, 1, generator=g) * 4 + 0.2, torch.rand(16, 1, generator=g) * 4 + 0.2
+    for name in ("kd", "dkd"):
+        loss_fn = create_loss(name, temperature=2.0, ce_weight=0.0, logit_standardize=True)
+        a = loss_fn(s, t, y, progress=1.0)["kd"]
+        b = loss_fn(s * scale_s + shift_s, t * scale_t + shift_t, y, progress=1.0)["kd"]
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        # and standardisation really changes something
+        plain = create_loss(name, temperature=2.0, ce_weight=0.0)(s * scale_s, t * scale_t, y,
+                                                                   progress=1.0)["kd"]
+        assert not torch.allclose(plain, b)
+
+
+def test_standardization_uses_bessel_std() -> None:
+    from cist_bench.losses.base import standardize_logits
+
+    z = torch.tensor([[1.0, 2.0, 3.0, 6.0]])
+    expected = (z - 3.0) / (1e-7 + np.std([1, 2, 3, 6], ddof=1))
+    torch.testing.assert_close(standardize_logits(z), expected)
+
+
+def test_dkd_parts_reconstruct_kd() -> None:
+    """Zhao et al. eq. (3): KD = TCKD + (1 − p_t,y) · NCKD, row by row."""
+    s, t, y = make_batch(9)
+    temperature = 3.0
+    tckd, nckd, log_p_t = dkd_parts(s, t, y, temperature)
+    p_target = log_p_t.exp().gather(1, y[:, None]).squeeze(1)
+    kd_rows = manual_kl(softmax_np(t.double().numpy() / temperature),
+                        softmax_np(s.double().numpy() / temperature))
+    torch.testing.assert_close((tckd + (1 - p_target) * nckd).double(),
+                               torch.from_numpy(kd_rows), rtol=1e-4, atol=1e-6)
+
+
+def test_dkd_matches_reference_formulation_and_warmup() -> None:
+    """Against the reference's −1000 masking trick, batch-averaged, ·T², with the warm-up."""
+    s, t, y = make_batch(10)
+    temperature, alpha, beta = 4.0, 1.0, 8.0
+    gt = F.one_hot(y, 10).bool()
+    ps, pt = F.softmax(s / temperature, 1), F.softmax(t / temperature, 1)
+    bs = torch.stack([(ps * gt).sum(1), (ps * ~gt).sum(1)], 1)
+    bt = torch.stack([(pt * gt).sum(1), (pt * ~gt).sum(1)], 1)
+    tckd = F.kl_div(bs.log(), bt, reduction="sum") * temperature**2 / 16
+    nckd = F.kl_div(F.log_softmax(s / temperature - 1000 * gt, 1),
+                    F.softmax(t / temperature - 1000 * gt, 1), reduction="sum") * temperature**2 / 16
+    full = alpha * tckd + beta * nckd
+    loss_fn = create_loss("dkd", alpha=alpha, beta=beta, temperature=temperature, warmup=0.25,
+                          ce_weight=0.0)
+    torch.testing.assert_close(loss_fn(s, t, y, progress=1.0)["kd"], full, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(loss_fn(s, t, y, progress=0.1)["kd"], 0.4 * full, rtol=1e-4,
+                               atol=1e-6)
+    assert float(loss_fn(s, t, y, progress=0.0)["kd"]) == 0.0
+
+
+def test_dtkd_matches_formula() -> None:
+    s, t, y = make_batch(11)
+    s, t = s + 4.0, t + 4.0  # positive maxima, as for trained classifiers
+    T, alpha, beta = 4.0, 3.0, 1.0
+    sm, tm = s.max(1, keepdim=True).values, t.max(1, keepdim=True).values
+    ts, tt = 2 * sm / (sm + tm) * T, 2 * tm / (sm + tm) * T
+    dyn = (F.kl_div(F.log_softmax(s / ts, 1), F.softmax(t / tt, 1), reduction="none").sum(1)
+           * (tt * ts).squeeze(1)).mean()
+    van = F.kl_div(F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction="batchmean") * T * T
+    loss_fn = create_loss("dtkd", temperature=T, alpha=alpha, beta=beta, warmup=0.5, ce_weight=0.0)
+    torch.testing.assert_close(loss_fn(s, t, y, progress=0.25)["kd"], 0.5 * (alpha * dyn + beta * van),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_dist_matches_formula() -> None:
+    s, t, y = make_batch(12)
+    T = 2.0
+    ys, yt = softmax_np(s.double().numpy() / T), softmax_np(t.double().numpy() / T)
+    inter = 1 - np.mean([np.corrcoef(ys[i], yt[i])[0, 1] for i in range(16)])
+    intra = 1 - np.mean([np.corrcoef(ys[:, c], yt[:, c])[0, 1] for c in range(10)])
+    out = create_loss("dist", temperature=T, beta=1.0, gamma=2.0, kd_weight=0.5)(s, t, y)
+    assert float(out["kd"]) == pytest.approx(0.5 * T * T * (inter + 2 * intra), rel=1e-4)
+
+
+def test_ctkd_temperature_gradient_is_reversed() -> None:
+    s, t, y = make_batch(13)
+    loss_fn = create_loss("ctkd", ce_weight=0.0)
+    for progress, lam in ((0.0, 0.0), (1.0, 1.0), (5 / 240, 0.5)):
+        loss_fn.zero_grad()
+        loss_fn(s, t, y, progress=progress)["loss"].backward()
+        reversed_grad = float(loss_fn.theta.grad)
+        # the same loss with the temperature computed without reversal
+        theta = loss_fn.theta.detach().clone().requires_grad_(True)
+        temp = loss_fn.t_min + (loss_fn.t_max - loss_fn.t_min) * torch.sigmoid(theta)
+        kd = 0.9 * temp**2 * F.kl_div(F.log_softmax(s / temp, 1), F.softmax(t / temp, 1),
+                                      reduction="batchmean")
+        kd.backward()
+        plain = float(theta.grad)
+        assert plain != 0.0
+        assert reversed_grad == pytest.approx(-lam * plain, rel=1e-3, abs=1e-9)
+    assert [n for n, _ in loss_fn.named_parameters()] == ["theta"]
+
+
+def test_ctkd_temperature_bounds_and_init() -> None:
+    loss_fn = create_loss("ctkd", t_min=2.0, t_max=6.0, init_temperature=3.0)
+    assert float(loss_fn.temperature()) == pytest.approx(3.0, rel=1e-6)
+    with torch.no_grad():
+        loss_fn.theta.fill_(50.0)
+    assert float(loss_fn.temperature()) <= 6.0
+    with pytest.raises(ValueError, match="7.0"):
+        create_loss("ctkd", t_min=2.0, t_max=6.0, init_temperature=7.0)
+
+
+# ----------------------------------------------------------------------------- LM divergences
+
+
+def test_lm_divergences_match_hand_computation() -> None:
+    s, t, y = make_batch(14, n=6, c=7)
+    T = 2.0
+    p, q = softmax_np(t.double().numpy() / T), softmax_np(s.double().numpy() / T)
+    beta, alpha, mu = 0.3, 0.2, 0.5
+
+    def akl(pr: np.ndarray, qr: np.ndarray) -> float:
+        order = np.argsort(-pr, kind="stable")
+        cum = np.cumsum(pr[order])
+        head = np.zeros(len(pr), bool)
+        head[order[cum <= mu]] = True
+        head[order[0]] = True
+        gap = np.abs(pr - qr)
+        gh, gt = gap[head].sum(), gap[~head].sum()
+        return (gh * manual_kl(pr, qr) + gt * manual_kl(qr, pr)) / (gh + gt)
+
+    m_js = beta * p + (1 - beta) * q
+    expected = {
+        "fkl": manual_kl(p, q),
+        "rkl": manual_kl(q, p),
+        "tvd": 0.5 * np.abs(p - q).sum(-1),
+        "jsd": beta * manual_kl(p, m_js) + (1 - beta) * manual_kl(q, m_js),
+        "skl": manual_kl(p, alpha * p + (1 - alpha) * q),
+        "srkl": manual_kl(q, alpha * q + (1 - alpha) * p),
+        "akl": np.array([akl(p[i], q[i]) for i in range(6)]),
+    }
+    extra = {"jsd": {"beta": beta}, "skl": {"alpha": alpha}, "srkl": {"alpha": alpha},
+             "akl": {"mu": mu}}
+    for name, rows in expected.items():
+        out = create_loss(name, temperature=T, ce_weight=0.0, kd_weight=1.0,
+                          **extra.get(name, {}))(s, t, y)
+        assert float(out["kd"]) == pytest.approx(T * T * rows.mean(), rel=1e-4), name
+
+
+# ----------------------------------------------------------------------------- CIST
+
+
+def test_cist_temperatures_follow_ratio_within_bounds() -> None:
+    s, t, y = make_batch(15, n=64)
+    ratio, tau_min, tau_max = 2.0, 1.5, 3.0
+    loss_fn = create_loss("cist", ratio=ratio, tau_min=tau_min, tau_max=tau_max, ce_weight=0.0)
+    from cist_bench.losses.cist import ratio_temperature
+
+    tau_t = ratio_temperature(centre(t), ratio, tau_min, tau_max)
+    m_t = centre(t).max(-1).values
+    inside = (m_t / ratio > tau_min) & (m_t / ratio < tau_max)
+    assert inside.any() and (~inside).any()  # the batch exercises both regimes
+    torch.testing.assert_close(tau_t[inside], m_t[inside] / ratio)
+    assert float(tau_t.min()) >= tau_min and float(tau_t.max()) <= tau_max
+    out = loss_fn(s, t, y)
+    assert tau_min <= float(out["stats/tau_t_mean"]) <= tau_max
+    assert tau_min <= float(out["stats/tau_s_mean"]) <= tau_max
+
+
+def test_cist_kd_term_matches_spec_formula() -> None:
+    """L_kd = mean(w · τ_t · τ_s · KL(p_t ‖ q_s)) with w, τ from the spec, by hand."""
+    s, t, y = make_batch(16)
+    ratio, a, b = 1.5, 1.0, 2.0
+    tn, sn = t.double().numpy(), s.double().numpy()
+    tc, sc = tn - tn.mean(1, keepdims=True), sn - sn.mean(1, keepdims=True)
+    tau_t = np.clip(tc.max(1) / ratio, 1.0, 20.0)
+    tau_s = np.clip(sc.max(1) / 1.2, 1.0, 20.0)
+    conf = softmax_np(tn)[np.arange(16), y.numpy()]
+    diff = 1 - softmax_np(sn)[np.arange(16), y.numpy()]
+    w = conf**a * diff**b
+    w = w / w.mean()
+    kl = manual_kl(softmax_np(tc / tau_t[:, None]), softmax_np(sc / tau_s[:, None]))
+    expected = (w * tau_t * tau_s * kl).mean()
+    out = create_loss("cist", ratio=ratio, student_ratio=1.2, conf_exp=a, diff_exp=b,
+                      ce_weight=0.0, kd_weight=2.0)(s, t, y)
+    assert float(out["kd"]) == pytest.approx(2.0 * expected, rel=1e-4)
+
+
+def test_cist_temperatures_and_weights_carry_no_gradient() -> None:
+    s, t, y = make_batch(17)
+    s1 = s.clone().requires_grad_(True)
+    out = create_loss("cist", ratio=1.0, ce_weight=0.0)(s1, t, y)
+    out["loss"].backward()
+    # same loss with τ and w frozen as constants
+    from cist_bench.losses.cist import cist_rows, ratio_temperature
+
+    tau_t = ratio_temperature(centre(t), 1.0, 1.0, 20.0)
+    tau_s = ratio_temperature(centre(s), 1.0, 1.0, 20.0)
+    w = cist_weights(t, s, y, 1.0, 1.0)
+    s2 = s.clone().requires_grad_(True)
+    (w * cist_rows(t, s2, tau_t, tau_s)[0]).mean().backward()
+    torch.testing.assert_close(s1.grad, s2.grad)
+
+
+def test_cist_weights_average_one_over_valid_rows() -> None:
+    s, t, y = make_batch(18, n=20)
+    w = cist_weights(t, s, y, 1.0, 1.0)
+    assert float(w.mean()) == pytest.approx(1.0, abs=1e-6) and float(w.std()) > 0
+    y_masked = y.clone()
+    y_masked[:7] = -100
+    out = create_loss("cist")(s, t, y_masked)
+    assert float(out["stats/weight_mean"]) == pytest.approx(1.0, abs=1e-6)
+    # a confident teacher on a row the student gets wrong weighs more than the reverse
+    t2 = torch.tensor([[8.0, 0.0, 0.0], [8.0, 0.0, 0.0]])
+    s2 = torch.tensor([[0.0, 5.0, 0.0], [5.0, 0.0, 0.0]])
+    w2 = cist_weights(t2, s2, torch.tensor([0, 0]), 1.0, 1.0)
+    assert float(w2[0]) > float(w2[1])
+    assert float(cist_weights(t2, s2, None, 1.0, 1.0)[0]) > 1.0  # no-target fallback
+
+
+def test_cist_auto_ratio_calibrates_to_tau_ref_and_persists() -> None:
+    loss_fn = create_loss("cist", tau_ref=4.0, tau_min=0.01, tau_max=1000.0, ce_weight=0.0)
+    for seed in range(10):  # more than AUTO_RATIO_BATCHES; later batches do not move ρ
+        s, t, y = make_batch(seed)
+        out = loss_fn(s, t, y)
+    s, t, y = make_batch(0)
+    out = loss_fn(s, t, y)
+    rho = float(out["stats/ratio"])
+    from cist_bench.losses.cist import AUTO_RATIO_BATCHES
+
+    scales = torch.cat([centre(make_batch(i)[1]).max(-1).values for i in range(AUTO_RATIO_BATCHES)])
+    assert rho == pytest.approx(float(scales.mean()) / 4.0, rel=1e-5)
+    # over the calibration batches the mean temperature is τ_ref
+    tau = torch.cat([centre(make_batch(i)[1]).max(-1).values / rho for i in range(AUTO_RATIO_BATCHES)])
+    assert float(tau.mean()) == pytest.approx(4.0, rel=1e-5)
+    # the calibrated ratio survives a checkpoint round trip
+    fresh = create_loss("cist", tau_ref=4.0, tau_min=0.01, tau_max=1000.0, ce_weight=0.0)
+    fresh.load_state_dict(loss_fn.state_dict())
+    fresh.eval()
+    assert float(fresh(s, t, y)["stats/ratio"]) == pytest.approx(rho)
+
+
+def test_cist_entropy_hits_target() -> None:
+    s, t, y = make_batch(19, n=64, c=100)
+    target = 0.6
+    tau = entropy_temperature(t - t.mean(-1, keepdim=True), target, 0.01, 1000.0, steps=20)
+    from cist_bench.losses.base import normalized_entropy
+
+    h = normalized_entropy(F.log_softmax((t - t.mean(-1, keepdim=True)) / tau[:, None], -1))
+    assert float((h - target).abs().max()) < 1e-3
+    out = create_loss("cist_entropy", target_entropy=target, tau_min=0.01, tau_max=1000.0)(s, t, y)
+    assert float(out["stats/teacher_entropy_mean"]) == pytest.approx(target, abs=1e-3)
+    assert float(out["stats/teacher_entropy_std"]) < 1e-3
+
+
+def test_cist_entropy_spread_smaller_than_kd() -> None:
+    """CIST's claim on logits of very uneven scale: its soft-label entropy varies far less."""
+    s, t, y = make_batch(20, n=128, c=100, scale=4.0)
+    kd = create_loss("kd", temperature=4.0)(s, t, y)
+    cist = create_loss("cist", tau_min=0.1, tau_max=100.0)(s, t, y)
+    assert float(cist["stats/teacher_entropy_std"]) < 0.5 * float(kd["stats/teacher_entropy_std"])
+
+
+def test_cist_ablations_change_what_they_say() -> None:
+    s, t, y = make_batch(21)
+    shared = create_loss("cist_shared", ratio=1.0)(s, t, y)
+    assert float(shared["stats/tau_s_mean"]) == float(shared["stats/tau_t_mean"])
+    noweight = create_loss("cist_noweight", ratio=1.0)(s, t, y)
+    assert float(noweight["stats/weight_std"]) == 0.0
+    only = create_loss("cist_teacher_only", ratio=1.0, tau_ref=3.0)(s, t, y)
+    assert float(only["stats/tau_s_mean"]) == 3.0 and float(only["stats/tau_s_std"]) == 0.0
+    full = create_loss("cist", ratio=1.0)(s, t, y)
+    assert float(full["stats/tau_s_std"]) > 0 and float(full["stats/weight_std"]) > 0
+
+
+# ----------------------------------------------------------------------------- golden values
+
+
+def golden_values() -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for name in ALL:
+        torch.manual_seed(0)
+        s, t, y = make_batch(123, n=24, c=13)
+        res = create_loss(name, **SETTINGS[name]["hp"])(s, t, y, progress=0.3)
+        out[name] = {k: round(float(res[k]), 6) for k in ("loss", "ce", "kd")}
+    return out
+
+
+def test_golden_values() -> None:
+    values = golden_values()
+    if os.environ.get("CIST_BENCH_REGEN_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
+    pinned = json.loads(GOLDEN.read_text())
+    assert sorted(pinned) == sorted(values), "regenerate the golden file for new losses"
+    for name, vals in values.items():
+        for key, v in vals.items():
+            assert math.isclose(v, pinned[name][key], rel_tol=1e-4, abs_tol=1e-5), (name, key)
