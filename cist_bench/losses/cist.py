@@ -39,6 +39,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from cist_bench.errors import ConfigError
 from cist_bench.losses import register_loss
 from cist_bench.losses.base import (
     DistillationLoss,
@@ -155,15 +156,17 @@ class _CISTBase(DistillationLoss):
         check_positive("tau_min", tau_min)
         check_positive("tau_max", tau_max)
         if not tau_min < tau_max:
-            raise ValueError(
-                f"tau_min must be < tau_max, got tau_min={tau_min!r}, tau_max={tau_max!r}"
+            raise ConfigError(
+                f"tau_min must be < tau_max, got tau_min={tau_min!r}, tau_max={tau_max!r}",
+                field="tau_min",
             )
         check_nonnegative("conf_exp", conf_exp)
         check_nonnegative("diff_exp", diff_exp)
         check_nonnegative("kd_weight", kd_weight)
         check_range("target_entropy", target_entropy, 0.0, 1.0, lo_open=True, hi_open=True)
         if bisection_steps < 1:
-            raise ValueError(f"bisection_steps must be >= 1, got {bisection_steps!r}")
+            raise ConfigError(f"bisection_steps must be >= 1, got {bisection_steps!r}",
+                              field="bisection_steps")
         self.ratio, self.student_ratio = ratio, student_ratio
         self.tau_ref, self.tau_min, self.tau_max = float(tau_ref), float(tau_min), float(tau_max)
         self.conf_exp, self.diff_exp, self.reweight = float(conf_exp), float(diff_exp), reweight

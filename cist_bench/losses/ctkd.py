@@ -24,6 +24,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from cist_bench.errors import ConfigError
 from cist_bench.losses import register_loss
 from cist_bench.losses.base import (
     DistillationLoss,
@@ -69,7 +70,8 @@ class CTKD(DistillationLoss):
         check_positive("t_min", t_min)
         check_positive("t_max", t_max)
         if not t_min < t_max:
-            raise ValueError(f"t_min must be < t_max, got t_min={t_min!r}, t_max={t_max!r}")
+            raise ConfigError(f"t_min must be < t_max, got t_min={t_min!r}, t_max={t_max!r}",
+                              field="t_min")
         check_nonnegative("lambda_max", lambda_max)
         check_range("curriculum", curriculum, 0.0, 1.0)
         check_nonnegative("kd_weight", kd_weight)

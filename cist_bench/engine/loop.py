@@ -1,0 +1,414 @@
+"""One run: a student trained against a frozen teacher with one loss (plain PyTorch, no Ray).
+
+``train_run(spec, hooks)`` builds the task, the student, the teacher and the loss from a
+:class:`~cist_bench.spec.RunSpec`, trains for ``spec.train.epochs`` epochs, evaluates on the
+validation split after every epoch, selects the checkpoint on validation, and evaluates the
+selected and the last weights on the test split. It runs the same in a plain process (tests,
+debugging) and inside a Ray Train worker: data-parallel whenever a ``torch.distributed``
+process group exists, with every metric summed over workers before it is reported.
+
+The caller sees progress and persists state through :class:`Hooks` (the Ray runner reports
+to Ray Train and checkpoints there; tests can keep checkpoints in memory).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from cist_bench.data import create_task
+from cist_bench.data.base import Task
+from cist_bench.engine.distributed import DistInfo, ShardSampler, all_reduce_sum, equal_train_batches
+from cist_bench.engine.optim import build_optimizer, build_scheduler
+from cist_bench.engine.seeding import seed_everything
+from cist_bench.engine.stats import StatsAccumulator
+from cist_bench.losses import DistillationLoss, create_loss
+from cist_bench.models import create_model
+from cist_bench.spec import ModelSpec, RunSpec, TrainSpec
+
+logger = logging.getLogger(__name__)
+
+
+class RunFailedError(RuntimeError):
+    """The run cannot go on (e.g. a non-finite loss); ``reason`` goes into the result record."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Hooks:
+    """Where a run reports progress and keeps its checkpoint. The default keeps nothing."""
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """State saved by :meth:`report` before a restart, or ``None`` for a fresh run."""
+        return None
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        """Called on every worker after each epoch; ``state`` is given on rank 0 only."""
+
+    def log(self, message: str) -> None:
+        logger.info(message)
+
+
+class MemoryHooks(Hooks):
+    """Keeps every report and the last checkpoint in memory (tests, debugging)."""
+
+    def __init__(self, resume_from: dict[str, Any] | None = None) -> None:
+        self.reports: list[dict[str, Any]] = []
+        self.state = resume_from
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        return self.state
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        self.reports.append(metrics)
+        if state is not None:
+            self.state = state
+
+
+# --------------------------------------------------------------------------------- building
+
+
+def resolve_device(use_gpu: bool, info: DistInfo) -> torch.device:
+    if use_gpu and torch.cuda.is_available():
+        return torch.device("cuda", info.local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def build_model(spec: ModelSpec, task: Task) -> nn.Module:
+    """A model sized for ``task``: its classes (vocabulary) and input channels."""
+    options = dict(spec.options)
+    if task.kind == "image_classification":
+        options.setdefault("in_chans", task.input_shape[0])
+    return create_model(spec.name, num_classes=task.num_classes, **options)
+
+
+def amp_context(amp: str, device: torch.device):
+    """bf16 autocast on a GPU that supports it for ``auto``/``bf16``; fp16 on request."""
+    if device.type != "cuda" or amp == "off":
+        return nullcontext()
+    if amp in ("auto", "bf16") and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if amp == "fp16":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+class IndexedDataset(Dataset):
+    """Yields ``(x, y, index)`` so cached teacher outputs can be looked up per sample."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Any, Any, int]:
+        x, y = self.base[i]
+        return x, y, i
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Any, Any, int]]:
+        getitems = getattr(self.base, "__getitems__", None)
+        items = getitems(indices) if getitems else [self.base[i] for i in indices]
+        return [(x, y, i) for (x, y), i in zip(items, indices, strict=True)]
+
+
+def make_loader(dataset: Dataset, batch_size: int, sampler: ShardSampler, workers: int,
+                device: torch.device, *, private_rng: bool = False) -> DataLoader:
+    """``private_rng``: draw the loader's seed from its own generator, so that evaluation (or
+    a cache being filled on first use) never shifts the training stream of random numbers."""
+    return DataLoader(IndexedDataset(dataset), batch_size=batch_size, sampler=sampler,
+                      num_workers=workers, pin_memory=device.type == "cuda",
+                      persistent_workers=workers > 0,
+                      generator=torch.Generator().manual_seed(0) if private_rng else None)
+
+
+def state_bytes(module: nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() if torch.is_tensor(v) else v
+                for k, v in module.state_dict().items()}, buf)
+    return buf.getvalue()
+
+
+def load_state_bytes(module: nn.Module, data: bytes) -> None:
+    module.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+
+
+# --------------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: Task, dataset: Dataset, *, info: DistInfo,
+             device: torch.device, batch_size: int, amp: str = "off",
+             teacher: Any = None, loss_fn: DistillationLoss | None = None,
+             progress: float = 1.0, split: str = "val", workers: int = 0) -> EvalResult:
+    """Metrics of ``model`` on ``dataset`` summed over every worker's shard (no padding).
+
+    With a teacher and a loss, also the loss's diagnostics pooled over the split (teacher
+    soft-label entropy spread, temperatures, weights) — what the entropy-consistency table of
+    the report is made of.
+    """
+    was_training = model.training
+    model.eval()
+    loss_mode = loss_fn.training if loss_fn is not None else False
+    if loss_fn is not None:
+        loss_fn.eval()
+    acc = task.make_metric_accumulator()
+    stats = StatsAccumulator()
+    loader = make_loader(dataset, batch_size, ShardSampler(len(dataset), info, shuffle=False, seed=0),
+                         workers, device, private_rng=True)
+    for x, y, idx in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with amp_context(amp, device):
+            logits = model(x)
+        acc.update(logits.float(), y)
+        if teacher is not None and loss_fn is not None:
+            t_logits = teacher.logits(x, split=split, index=idx)
+            out = loss_fn(logits.float(), t_logits, y, progress=progress)
+            stats.update(out, (y != -100).sum())
+    if info.distributed:  # the accumulator's tensor is live: reduce it where it lives
+        state = acc.state.to(device)
+        all_reduce_sum(state, info)
+        acc.load_state(state.cpu())
+    stats.reduce(info, device)
+    model.train(was_training)
+    if loss_fn is not None:
+        loss_fn.train(loss_mode)
+    return EvalResult(acc.compute(), stats.compute())
+
+
+# --------------------------------------------------------------------------------- training
+
+
+def _is_better(value: float, best: float | None, higher_is_better: bool) -> bool:
+    if not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value > best if higher_is_better else value < best
+
+
+def train_run(spec: RunSpec, hooks: Hooks | None = None, *, cache_root: Path | None = None,
+              task: Task | None = None, distributed: bool = True) -> dict[str, Any]:
+    """Train one run; return its outcome (metrics, history, diagnostics, timing).
+
+    Raises :class:`RunFailedError` when the run cannot finish (non-finite loss); any other exception
+    is a bug or an environment problem and propagates. ``distributed=False`` trains in this
+    process alone even inside a process group (a teacher trained on demand by one worker).
+    """
+    from cist_bench.teachers import TeacherRuntime, resolve_teacher  # teachers train via train_run
+
+    hooks = hooks or Hooks()
+    info = DistInfo.detect() if distributed else DistInfo()
+    device = resolve_device(spec.resources.use_gpu, info)
+    train_cfg: TrainSpec = spec.train
+    t_start = time.perf_counter()
+
+    seed_everything(spec.seed)  # same initial weights on every worker
+    task = task or create_task(spec.task.name, **spec.task.options)
+    splits = task.splits()
+    student = build_model(spec.student, task).to(device)
+    loss_fn = create_loss(spec.loss.name, **spec.loss.hparams).to(device)
+    teacher_runtime: TeacherRuntime | None = None
+    if spec.teacher is not None and loss_fn.needs_teacher:
+        with torch.random.fork_rng(devices=[]):  # training a missing teacher reseeds
+            teacher_model = resolve_teacher(spec.teacher, spec.task, cache_root=cache_root,
+                                            hooks=hooks)
+        teacher_runtime = TeacherRuntime(teacher_model, task, spec.teacher, spec.task, device=device,
+                                         amp=train_cfg.amp, cache_root=cache_root)
+    t_setup = time.perf_counter() - t_start
+
+    model: nn.Module = student
+    if info.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    optimizer = build_optimizer(train_cfg.optimizer, student, loss_fn)
+    train_set = splits["train"]
+    steps_per_epoch = equal_train_batches(len(train_set), train_cfg.batch_size, info)
+    total_steps = steps_per_epoch * train_cfg.epochs
+    scheduler = build_scheduler(optimizer, train_cfg.schedule, steps_per_epoch, train_cfg.epochs)
+    scaler = torch.amp.GradScaler("cuda") if (train_cfg.amp == "fp16" and device.type == "cuda") \
+        else None
+    primary = task.primary_metric
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"value": None, "epoch": None, "state": None}
+    start_epoch = 0
+
+    # augmentation and shuffling differ per worker; initial weights did not
+    torch.manual_seed(spec.seed * 7919 + info.rank + 1)
+    resumed = hooks.load_checkpoint()
+    if resumed is not None:
+        load_state_bytes(student, resumed["student"])
+        load_state_bytes(loss_fn, resumed["loss"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        history, best, start_epoch = resumed["history"], resumed["best"], resumed["epoch"] + 1
+        if info.distributed:  # the checkpoint holds rank 0's stream: derive one per worker
+            torch.manual_seed(spec.seed * 7919 + info.rank + 1 + 1_000_003 * start_epoch)
+        else:  # a single process continues exactly where it stopped
+            torch.set_rng_state(resumed["rng"])
+        hooks.log(f"resumed at epoch {start_epoch} of {train_cfg.epochs}")
+
+    sampler = ShardSampler(len(train_set), info, shuffle=True, seed=spec.seed)
+    loader = make_loader(train_set, train_cfg.batch_size, sampler, train_cfg.loader_workers, device)
+    train_seconds = sum(h["train_seconds"] for h in history)
+    train_samples = sum(h["train_samples"] for h in history)
+
+    for epoch in range(start_epoch, train_cfg.epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        loss_fn.train()
+        stats = StatsAccumulator()
+        sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, ce, kd, rows
+        t0 = time.perf_counter()
+        n_seen = 0
+        for step, (x, y, idx) in enumerate(_take(loader, steps_per_epoch)):
+            global_step = epoch * steps_per_epoch + step
+            progress = global_step / total_steps
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with amp_context(train_cfg.amp, device):
+                s_logits = model(x)
+                t_logits = teacher_runtime.logits(x, split="train", index=idx) \
+                    if teacher_runtime is not None else None
+            out = loss_fn(s_logits, t_logits, y, progress=progress)
+            loss = out["loss"]
+            _check_finite(loss, info, device, epoch, step)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if train_cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in optimizer.param_groups for p in g["params"]], train_cfg.grad_clip
+                )
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            rows = (y != -100).sum()
+            sums += torch.stack([out["loss"].detach() * rows, out["ce"].detach() * rows,
+                                 out["kd"].detach() * rows, rows.to(sums.dtype)]).to(sums.dtype)
+            stats.update(out, rows)
+            n_seen += x.shape[0]
+        epoch_train_seconds = time.perf_counter() - t0
+        all_reduce_sum(sums, info)
+        stats.reduce(info, device)
+        seen = torch.tensor([float(n_seen)], dtype=torch.float64, device=device)
+        all_reduce_sum(seen, info)
+        train_seconds += epoch_train_seconds
+        train_samples += int(seen.item())
+        rows_total = float(sums[3])
+        train_metrics = {"loss": float(sums[0]) / rows_total, "ce": float(sums[1]) / rows_total,
+                         "kd": float(sums[2]) / rows_total}
+
+        val = evaluate(student, task, splits["val"], info=info, device=device,
+                       batch_size=train_cfg.eval_batch_size, amp=train_cfg.amp,
+                       teacher=teacher_runtime, loss_fn=loss_fn,
+                       progress=(epoch + 1) / train_cfg.epochs, split="val",
+                       workers=train_cfg.loader_workers)
+        value = val.metrics[primary.name]
+        if _is_better(value, best["value"], primary.higher_is_better):
+            best = {"value": value, "epoch": epoch, "state": state_bytes(student)}
+        record = {
+            "epoch": epoch + 1,
+            "lr": scheduler.get_last_lr()[0],
+            "train": train_metrics,
+            "train_stats": stats.compute(),
+            "val": val.metrics,
+            "val_stats": val.stats,
+            "train_seconds": epoch_train_seconds,
+            "train_samples": int(seen.item()),
+        }
+        history.append(record)
+        hooks.log(f"epoch {epoch + 1}/{train_cfg.epochs} loss {train_metrics['loss']:.4f} "
+                  f"val {primary.name} {value:.4f}")
+        state = None
+        if info.is_main:
+            state = {"student": state_bytes(student), "loss": state_bytes(loss_fn),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "history": history, "best": best, "epoch": epoch,
+                     "rng": torch.get_rng_state()}
+        hooks.report({"epoch": epoch + 1, f"val_{primary.name}": value,
+                      "train_loss": train_metrics["loss"], **{f"val_{k}": v for k, v in
+                                                              val.metrics.items()}}, state)
+
+    # test: last weights, then the validation-selected ones
+    eval_kwargs = {"info": info, "device": device, "batch_size": train_cfg.eval_batch_size,
+                   "amp": train_cfg.amp, "teacher": teacher_runtime, "loss_fn": loss_fn,
+                   "progress": 1.0, "split": "test", "workers": train_cfg.loader_workers}
+    test_last = evaluate(student, task, splits["test"], **eval_kwargs)
+    last_state = state_bytes(student)
+    if best["state"] is not None and best["epoch"] != len(history) - 1:
+        load_state_bytes(student, best["state"])
+        test_best = evaluate(student, task, splits["test"], **eval_kwargs)
+        load_state_bytes(student, last_state)
+    else:
+        test_best = test_last
+
+    teacher_metrics = teacher_runtime.metrics(info) if teacher_runtime is not None else None
+    return {
+        "metrics": {
+            "test": test_best.metrics,
+            "test_last": test_last.metrics,
+            "val": history[best["epoch"]]["val"] if best["epoch"] is not None else {},
+            "val_last": history[-1]["val"] if history else {},
+        },
+        "primary_metric": {"name": primary.name, "higher_is_better": primary.higher_is_better},
+        "metric_directions": {m.name: m.higher_is_better for m in task.metrics},
+        "selected_epoch": (best["epoch"] + 1) if best["epoch"] is not None else None,
+        "diagnostics": {"test": test_best.stats, "val": history[-1]["val_stats"] if history else {},
+                        "train": history[-1]["train_stats"] if history else {}},
+        "teacher": teacher_metrics,
+        "history": history,
+        "timing": {"setup_seconds": t_setup, "train_seconds": train_seconds,
+                   "samples_per_second": train_samples / train_seconds if train_seconds else None,
+                   "total_seconds": time.perf_counter() - t_start},
+        "world_size": info.world_size,
+        "device": str(device),
+        "student_params": sum(p.numel() for p in student.parameters()),
+        "loss_hparams": loss_fn.hparams(),
+        "best_state": best["state"],
+    }
+
+
+def _take(loader: Iterable, n: int) -> Iterable:
+    for i, batch in enumerate(loader):
+        if i >= n:
+            return
+        yield batch
+
+
+def _check_finite(loss: torch.Tensor, info: DistInfo, device: torch.device, epoch: int,
+                  step: int) -> None:
+    """Fail the run on a NaN/inf loss; every worker agrees (one flag all-reduce) so no rank is
+    left waiting in DDP's gradient all-reduce."""
+    bad = (~torch.isfinite(loss.detach())).to(torch.float64).reshape(1)
+    if info.distributed:
+        all_reduce_sum(bad, info)
+    if float(bad) > 0:
+        raise RunFailedError(f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, "
+                        f"step {step + 1}")
+

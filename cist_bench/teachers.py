@@ -1,0 +1,303 @@
+"""Teachers: checkpoints or cached training recipes, the frozen wrapper, and cached outputs.
+
+* A **checkpoint** teacher is a state-dict file (``torch.save``), verified against its
+  ``sha256`` when one is given (a mismatch is refused).
+* A **recipe** teacher (model + task + training recipe + seed) is trained once and cached
+  content-addressed under ``<cache_root>/teachers/<hash of the full recipe>/``; every run,
+  method and seed naming the same recipe reuses it. A file lock makes this safe when several
+  processes need the same missing teacher: one trains, the others wait and load.
+* :class:`FrozenTeacher` is always in eval mode, never builds a graph, and renormalises inputs
+  when the teacher was trained with other normalisation statistics than the student's data.
+* :class:`TeacherRuntime` serves teacher logits to the engine. For inputs without random
+  augmentation (evaluation splits, language tasks, vision runs with ``augment: false``) the
+  logits are computed once per (teacher, task, split) and reused by every student run,
+  in memory and on disk. Large vocabularies keep the top-k logits plus the log-normaliser and
+  are densified on use (see :func:`densify_topk`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cist_bench.data import create_task
+from cist_bench.data.base import Task, atomic_write_bytes, cache_dir
+from cist_bench.engine.distributed import DistInfo, ShardSampler
+from cist_bench.spec import LossSpec, RunSpec, TaskSpec, TeacherSpec, spec_id, to_dict
+
+logger = logging.getLogger(__name__)
+
+#: vocabularies larger than this are cached as top-k logits (+ log-normaliser)
+DENSE_OUTPUT_LIMIT = 4096
+DEFAULT_TOPK = 64
+
+
+class TeacherError(RuntimeError):
+    """A teacher cannot be loaded (missing file, checksum mismatch, bad state dict)."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (POSIX ``flock``) held for the ``with`` block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def teacher_task_spec(spec: TeacherSpec, run_task: TaskSpec) -> TaskSpec:
+    return spec.task if spec.task is not None else run_task
+
+
+def recipe_run_spec(spec: TeacherSpec, run_task: TaskSpec) -> RunSpec:
+    """The run that trains a recipe teacher: the model on hard labels (``ce``)."""
+    if spec.train is None:
+        raise TeacherError("a teacher needs either `checkpoint` or `train` (a recipe)")
+    return RunSpec(task=teacher_task_spec(spec, run_task), student=spec.model,
+                   loss=LossSpec("ce"), train=spec.train, teacher=None, seed=spec.seed)
+
+
+def teacher_id(spec: TeacherSpec, run_task: TaskSpec) -> str:
+    """Content id of a teacher: its checkpoint's sha256 (or path) or its recipe's hash."""
+    if spec.checkpoint is not None:
+        return "ckpt-" + (spec.sha256 or spec_id({"path": str(Path(spec.checkpoint).resolve()),
+                                                  "model": to_dict(spec.model)}))
+    return "recipe-" + recipe_run_spec(spec, run_task).run_id
+
+
+@dataclass
+class LoadedTeacher:
+    model: nn.Module
+    id: str
+    task: TaskSpec
+    #: test/val metrics measured when the recipe was trained (None for checkpoints)
+    metrics: dict[str, Any] | None = None
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in ("state_dict", "model", "student"):
+            if isinstance(obj.get(key), dict):
+                return obj[key]
+        raise TeacherError(f"{path}: no state dict found (keys: {sorted(obj)[:8]})")
+    return obj
+
+
+def resolve_teacher(spec: TeacherSpec, run_task: TaskSpec, *, cache_root: Path | None = None,
+                    hooks: Any = None) -> LoadedTeacher:
+    """Load a checkpoint teacher, or train/load a cached recipe teacher (CPU module)."""
+    from cist_bench.engine.loop import build_model, train_run
+
+    task_spec = teacher_task_spec(spec, run_task)
+    task = create_task(task_spec.name, **task_spec.options)
+    if spec.checkpoint is not None:
+        path = Path(spec.checkpoint).expanduser()
+        if not path.is_file():
+            raise TeacherError(f"teacher checkpoint not found: {path}")
+        if spec.sha256 is not None:
+            actual = sha256_file(path)
+            if actual != spec.sha256.lower():
+                raise TeacherError(f"teacher checkpoint {path}: sha256 mismatch "
+                                   f"(expected {spec.sha256}, file has {actual}); refusing it")
+        model = build_model(spec.model, task)
+        model.load_state_dict(_read_state_dict(path))
+        return LoadedTeacher(model, teacher_id(spec, run_task), task_spec)
+
+    run = recipe_run_spec(spec, run_task)
+    folder = (cache_root or cache_dir()) / "teachers" / run.run_id
+    weights, meta_path = folder / "model.pt", folder / "meta.json"
+    with file_lock(folder.with_suffix(".lock")):
+        if not weights.is_file():
+            logger.info("training teacher %s (%s on %s, %d epochs)", run.run_id, spec.model.name,
+                        task_spec.name, run.train.epochs)
+            t0 = time.perf_counter()
+            outcome = train_run(run, hooks=None, cache_root=cache_root, task=task,
+                                distributed=False)
+            meta = {"spec": to_dict(run), "metrics": outcome["metrics"],
+                    "primary_metric": outcome["primary_metric"],
+                    "selected_epoch": outcome["selected_epoch"],
+                    "train_seconds": time.perf_counter() - t0,
+                    "params": outcome["student_params"]}
+            atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
+            atomic_write_bytes(weights, outcome["best_state"])  # written last: marks "done"
+            logger.info("teacher %s: test %s", run.run_id, outcome["metrics"]["test"])
+    model = build_model(spec.model, task)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return LoadedTeacher(model, teacher_id(spec, run_task), task_spec, meta.get("metrics"))
+
+
+class FrozenTeacher(nn.Module):
+    """Always eval, never a graph; maps the student's normalised inputs to the teacher's."""
+
+    def __init__(self, model: nn.Module, *, student_mean: tuple[float, ...] | None = None,
+                 student_std: tuple[float, ...] | None = None,
+                 teacher_mean: tuple[float, ...] | None = None,
+                 teacher_std: tuple[float, ...] | None = None) -> None:
+        super().__init__()
+        self.model = model
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.renormalise = (student_mean is not None and teacher_mean is not None
+                            and (tuple(student_mean) != tuple(teacher_mean)
+                                 or tuple(student_std) != tuple(teacher_std)))
+        if self.renormalise:
+            s_m, s_s = torch.tensor(student_mean), torch.tensor(student_std)
+            t_m, t_s = torch.tensor(teacher_mean), torch.tensor(teacher_std)
+            # x_raw = x·σ_s + μ_s ;  x_teacher = (x_raw − μ_t)/σ_t = x·a + b
+            self.register_buffer("scale", (s_s / t_s).view(1, -1, 1, 1))
+            self.register_buffer("shift", ((s_m - t_m) / t_s).view(1, -1, 1, 1))
+        super().train(False)
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.renormalise:
+            x = x * self.scale + self.shift
+        return self.model(x)
+
+
+# --------------------------------------------------------------------------------- outputs
+
+
+def topk_compress(logits: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    """Top-k logits and indices (int32) plus the row log-normaliser; fp32, since fp16 logits
+    would move top-k probabilities by up to ~1 %."""
+    values, indices = logits.float().topk(k, dim=-1)
+    return {"values": values, "indices": indices.int(),
+            "lse": logits.float().logsumexp(-1)}
+
+
+def densify_topk(values: torch.Tensor, indices: torch.Tensor, lse: torch.Tensor,
+                 vocab: int) -> torch.Tensor:
+    """Dense logits whose softmax has the exact top-k probabilities and the exact tail mass.
+
+    The tail mass 1 − Σ top-k p is spread uniformly over the other ``vocab − k`` entries. Every
+    divergence then sees the teacher's top-k exactly; shift-sensitive statistics (CIST's
+    max − mean scale) see a uniform tail.
+    """
+    values = values.float()
+    log_top = values - lse[..., None]
+    tail = (1.0 - log_top.exp().sum(-1)).clamp_min(1e-12)
+    fill = lse + torch.log(tail / max(1, vocab - values.shape[-1]))
+    dense = fill[..., None].expand(*values.shape[:-1], vocab).clone()
+    return dense.scatter_(-1, indices.long(), values)
+
+
+class TeacherRuntime:
+    """Teacher logits for the engine: computed live, or from the per-split output cache."""
+
+    def __init__(self, loaded: LoadedTeacher, task: Task, spec: TeacherSpec, run_task: TaskSpec, *,
+                 device: torch.device, amp: str = "off", cache_root: Path | None = None) -> None:
+        teacher_task = task
+        if loaded.task != run_task:
+            teacher_task = create_task(loaded.task.name, **loaded.task.options)
+        self.frozen = FrozenTeacher(loaded.model, student_mean=task.mean, student_std=task.std,
+                                    teacher_mean=teacher_task.mean,
+                                    teacher_std=teacher_task.std).to(device)
+        self.loaded, self.task, self.run_task = loaded, task, run_task
+        self.device, self.amp = device, amp
+        self.cache_root = cache_root
+        self.enabled = spec.cache_outputs
+        self.topk = spec.output_topk
+        self._outputs: dict[str, Any] = {}
+        augment = bool(task.options.get("augment", False))
+        self.cached_splits = {"val", "test"} | (set() if augment else {"train"})
+
+    def _key(self, split: str) -> str:
+        return spec_id({"teacher": self.loaded.id, "task": to_dict(self.run_task),
+                        "split": split, "topk": self._k()})
+
+    def _k(self) -> int | None:
+        if self.topk is not None:
+            return self.topk
+        return DEFAULT_TOPK if self.task.num_classes > DENSE_OUTPUT_LIMIT else None
+
+    def _compute_split(self, split: str) -> Any:
+        from cist_bench.engine.loop import amp_context
+
+        folder = (self.cache_root or cache_dir()) / "teacher_outputs"
+        path = folder / f"{self._key(split)}.pt"
+        if path.is_file():
+            return torch.load(path, map_location="cpu", weights_only=True)
+        dataset = self.task.splits()[split]
+        loader = torch.utils.data.DataLoader(dataset, batch_size=512, shuffle=False,
+                                             generator=torch.Generator().manual_seed(0))
+        k = self._k()
+        chunks: list[Any] = []
+        for x, _ in loader:
+            with amp_context(self.amp, self.device):
+                logits = self.frozen(x.to(self.device)).float()
+            chunks.append(topk_compress(logits, k) if k else logits)
+        if k:
+            out: Any = {key: torch.cat([c[key] for c in chunks]).cpu() for key in chunks[0]}
+        else:
+            out = torch.cat(chunks).cpu()
+        buf = io.BytesIO()
+        torch.save(out, buf)
+        atomic_write_bytes(path, buf.getvalue())
+        return out
+
+    def outputs(self, split: str) -> Any:
+        if split not in self._outputs:
+            self._outputs[split] = self._compute_split(split)
+        return self._outputs[split]
+
+    def uses_cache(self, split: str) -> bool:
+        return self.enabled and split in self.cached_splits
+
+    def logits(self, x: torch.Tensor, *, split: str, index: torch.Tensor) -> torch.Tensor:
+        if not self.uses_cache(split):
+            return self.frozen(x)
+        out = self.outputs(split)
+        if isinstance(out, dict):
+            rows = {key: v[index] for key, v in out.items()}
+            return densify_topk(rows["values"].to(self.device), rows["indices"].to(self.device),
+                                rows["lse"].to(self.device), self.task.num_classes)
+        return out[index].to(self.device, non_blocking=True).float()
+
+    def metrics(self, info: DistInfo) -> dict[str, Any]:
+        """The teacher's own val/test metrics on this task (for the report's teacher column)."""
+        result: dict[str, Any] = {"id": self.loaded.id, "task": to_dict(self.loaded.task)}
+        for split in ("val", "test"):
+            acc = self.task.make_metric_accumulator()
+            dataset = self.task.splits()[split]
+            loader = torch.utils.data.DataLoader(
+                _with_index(dataset), batch_size=512, generator=torch.Generator().manual_seed(0),
+                sampler=ShardSampler(len(dataset), DistInfo(), shuffle=False, seed=0))
+            for x, y, idx in loader:
+                acc.update(self.logits(x.to(self.device), split=split, index=idx), y.to(self.device))
+            result[split] = acc.compute()
+        return result
+
+
+def _with_index(dataset: Any) -> Any:
+    from cist_bench.engine.loop import IndexedDataset
+
+    return IndexedDataset(dataset)

@@ -1,0 +1,72 @@
+"""Test-session settings: a private cache, quiet Ray, and no Ray process left behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+#: every process started by this test session (Ray's included) inherits this marker
+SESSION_MARK = "CIST_BENCH_TEST_SESSION"
+os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+
+
+def _marked_processes() -> list[int]:
+    """PIDs of other processes carrying this session's marker in their environment."""
+    mark = f"{SESSION_MARK}={os.environ[SESSION_MARK]}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if mark in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_ray_leftovers():
+    """After the session, end any Ray process the tests started (a SIGKILLed driver leaves
+    orphans such as ray::DashboardAgent behind; see shared/RAY.md §1)."""
+    yield
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except ImportError:  # pragma: no cover
+        pass
+    deadline = time.time() + 20
+    while _marked_processes() and time.time() < deadline:  # Ray's daemons exit on their own
+        time.sleep(0.5)
+    leftovers = _marked_processes()
+    for pid in leftovers:  # do not leave them behind, but do fail the session
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    if leftovers:
+        pytest.fail(f"Ray processes left running after the tests: {leftovers}", pytrace=False)
+
+
+def kill_marked(mark_value: str) -> int:
+    """SIGKILL every process whose environment carries ``SESSION_MARK=mark_value``."""
+    mark = f"{SESSION_MARK}={mark_value}".encode()
+    n = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if mark in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+                n += 1
+        except OSError:
+            continue
+    return n
