@@ -13,9 +13,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import SESSION_MARK, kill_marked
 
 from cist_bench.cli import main
-from conftest import SESSION_MARK, kill_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "suites" / "smoke.yaml"

@@ -34,7 +34,7 @@ from cist_bench.engine.optim import build_optimizer, build_scheduler
 from cist_bench.engine.seeding import seed_everything
 from cist_bench.engine.stats import StatsAccumulator
 from cist_bench.losses import DistillationLoss, create_loss
-from cist_bench.models import create_model
+from cist_bench.models import MODELS, create_model
 from cist_bench.spec import ModelSpec, RunSpec, TrainSpec
 
 logger = logging.getLogger(__name__)
@@ -92,6 +92,11 @@ def build_model(spec: ModelSpec, task: Task) -> nn.Module:
     options = dict(spec.options)
     if task.kind == "image_classification":
         options.setdefault("in_chans", task.input_shape[0])
+    elif task.kind == "language_modeling" and spec.name in MODELS:
+        # a context as long as the task's windows, unless the suite says otherwise
+        context_option = getattr(MODELS.get(spec.name), "context_option", None)
+        if context_option:
+            options.setdefault(context_option, task.input_shape[0])
     return create_model(spec.name, num_classes=task.num_classes, **options)
 
 

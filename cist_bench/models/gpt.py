@@ -157,6 +157,7 @@ def _register(name: str) -> None:
         return GPT(GPTConfig(vocab_size=num_classes, **{**_SIZES[name], **overrides}))
 
     build.__name__ = name
+    build.context_option = "block_size"  # the engine sizes it to the task's windows
     build.__doc__ = f"GPT language model, size {_SIZES[name]}; num_classes = vocabulary size."
     MODELS.add(name, build)
 

@@ -21,6 +21,9 @@ RAY_ENV_DEFAULTS = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "RAY_DEDUP_LOGS": "1",
+    # the classic Tune console output, which ``verbose=0`` silences: progress is printed by the
+    # campaign's own one-line-per-run callback instead of per-trial tables
+    "RAY_AIR_NEW_OUTPUT": "0",
 }
 
 

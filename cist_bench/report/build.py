@@ -1,0 +1,268 @@
+"""Assemble the markdown report, its figures, CSV tables and the exported records."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from cist_bench.report import plots as plotting
+from cist_bench.report.fmt import md_table, paragraph, safe_name
+from cist_bench.report.load import ReportError, Source, collect_records, records_frame
+from cist_bench.report.stats import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    CONFIDENCE,
+    MIN_CI_SEEDS,
+    PROPOSED,
+    REFERENCE,
+    STUDENT_ALONE,
+    Comparison,
+)
+from cist_bench.report.tables import (
+    TaskView,
+    cost_table,
+    entropy_table,
+    failed_table,
+    leaderboard,
+    overhead_table,
+    paired_table,
+    provenance,
+    rank_table,
+    search_table,
+    wtl_table,
+)
+from cist_bench.results.store import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("md", "csv")
+
+NUMBERS = (
+    "> **What the numbers are.** Every score is the **test** value of the task's headline metric "
+    "for the checkpoint **selected on the validation split** (held out from the training data) — "
+    "not the best epoch on test. The *last epoch* tables give the test value after the final "
+    "epoch instead. A cell reads `mean ± std (n=…)`: the mean and the sample standard deviation "
+    "(ddof = 1) over n seeds (no ± when n = 1). Failed runs are excluded from every number. "
+    "Accuracy-like metrics are shown in %, their differences in percentage points (pp); "
+    "lower-is-better metrics such as perplexity are shown raw."
+)
+
+
+def _codes(names: Sequence[object]) -> str:
+    return ", ".join(f"`{n}`" for n in names)
+
+
+def _seeds(runs: pd.DataFrame) -> str:
+    return ", ".join(str(int(s)) for s in sorted(runs["seed"].dropna().unique()))
+
+
+def _task_section(view: TaskView, failed: int, figures: list[tuple[str, str]] | None,
+                  plots_note: str) -> tuple[str, list[Comparison], pd.DataFrame]:
+    s = view.scale
+    unit = "%" if s.percent else "raw"
+    better = f"{s.better} is better"
+    out = [f"## Task `{view.name}`", ""]
+    out.append(paragraph(
+        f"Headline metric: **{s.metric}** ({better}), shown {'in %' if s.percent else 'raw'}.",
+        f"Pairs: {len(view.pairs)}; methods: {_codes(view.methods)}; seeds: {_seeds(view.runs)};",
+        f"{len(view.runs)} runs counted" + (f", {failed} failed run{'s' if failed != 1 else ''} "
+                                             "excluded (listed under Provenance)." if failed else ".")))
+    out.append("")
+    ref = REFERENCE in view.methods
+    caption = paragraph(
+        f"Rows: teacher→student pairs. *Teacher*: the teacher's test {s.metric} ({unit}).",
+        f"*{STUDENT_ALONE} (student alone)*: the student trained without a teacher." if STUDENT_ALONE in
+        view.methods else "",
+        f"Cells: test {s.metric} ({unit}), mean ± std over seeds (n = seeds); the best method of each "
+        "pair in **bold**.",
+        f"The *Δ vs {REFERENCE}* row under each pair is the difference of means against `{REFERENCE}`"
+        f"{' in pp' if s.percent else ''}, signed so that **positive = better than {REFERENCE}** "
+        f"({better})." if ref else f"No `{REFERENCE}` runs on this task, so no Δ rows.")
+    numeric = []
+    for value, heading, what in (("test", "validation-selected checkpoint",
+                                  "at the checkpoint selected on validation"),
+                                 ("test_last", "last epoch", "after the last epoch")):
+        table, nums = leaderboard(view, value)
+        numeric.append(nums.assign(checkpoint="selected" if value == "test" else "last"))
+        out += [f"### Leaderboard: {heading}", "", paragraph(f"Test {s.metric} {what}.", caption), "",
+                md_table(table, left=1), ""]
+    comparisons = view.comparisons()
+    out += [f"### `{PROPOSED}` against each baseline, paired by seed", ""]
+    if comparisons:
+        out += [paragraph(
+            f"Δ: the mean over seeds of the seed-paired difference `{PROPOSED}` − baseline in test "
+            f"{s.metric}{' (pp)' if s.percent else ''} at the validation-selected checkpoint, signed so "
+            f"that **positive = `{PROPOSED}` better** ({better}); only seeds both methods completed are "
+            f"paired (*Seeds*), and the two means are over those seeds. "
+            f"{CONFIDENCE:.0%} CI: percentile bootstrap of the paired differences "
+            f"({BOOTSTRAP_RESAMPLES:,} resamples, RNG seed {BOOTSTRAP_SEED}). A difference whose CI "
+            f"contains 0 is a **tie**, not a win. With fewer than {MIN_CI_SEEDS} paired seeds there is no "
+            "CI (with two, a bootstrap CI would only be the range of the two differences) and the "
+            "verdict is a tie. With few seeds the bootstrap cannot see more spread than the seeds "
+            "show, so read a narrow CI with care."), "", md_table(paired_table(view, comparisons), left=2), ""]
+    else:
+        out += [f"No (pair, seed) has both `{PROPOSED}` and a baseline.", ""]
+    out += ["### Entropy consistency", "", paragraph(
+        "Each run's diagnostics pool the normalised teacher soft-label entropy H(p_t)/log C over the "
+        "test split: its mean and std over examples, at the teacher temperature the method used "
+        f"(`{STUDENT_ALONE}`: the teacher at τ = 1). *H mean* and *H std* average those over the "
+        "runs (seeds); *CV* = H std / H mean (lower = the soft labels are equally informative "
+        "across examples). τ_t, τ_s: teacher and student temperatures, mean ± std over test "
+        "examples, averaged over seeds; *weight*, *ratio*: CIST's per-example weight and ratio "
+        "diagnostics where recorded."), "", md_table(entropy_table(view), left=2), ""]
+    out += ["### Cost", "", paragraph(
+        "Per method on this task: wall time, training time and training throughput, averaged over "
+        "its runs; device-hours = wall seconds × workers × (GPUs per worker for GPU runs, else "
+        "CPUs per worker) / 3600, summed over its runs."), "", md_table(cost_table(view), left=1), ""]
+    overhead = overhead_table(view)
+    if not overhead.empty:
+        out += [paragraph(
+            f"`{PROPOSED}` overhead against `{REFERENCE}` per pair (ratios of the mean training "
+            f"seconds and of the mean samples/s, `{PROPOSED}` / `{REFERENCE}`)."), "",
+            md_table(overhead, left=1), ""]
+    out += ["### Figures", ""]
+    if figures:
+        for name, caption in figures:
+            out += [f"![{view.name}: {caption}]({name})", "", f"*{caption}.*", ""]
+    else:
+        out += [plots_note, ""]
+    long = pd.concat(numeric, ignore_index=True)
+    long.insert(0, "task", view.name)
+    long = long[["task", "checkpoint", *[c for c in long.columns if c not in ("task", "checkpoint")]]]
+    return "\n".join(out), comparisons, long
+
+
+def _summary(views: list[TaskView], comparisons: list[Comparison]) -> str:
+    out = ["## Summary across tasks", "", "### Average rank", "", paragraph(
+        "Rank of each method's mean test score (validation-selected checkpoint) within each "
+        "(task, pair) row: 1 = best, ties share the average rank, a method is ranked only in the "
+        "rows where it has runs; *Rows*: how many rows the average covers."), "",
+        md_table(rank_table(views), left=1), "", f"### `{PROPOSED}`: wins, ties and losses", ""]
+    if comparisons:
+        out += [paragraph(
+            f"Over the (task, pair) rows where `{PROPOSED}` and the baseline share seeds, from the "
+            f"paired statistics of each task: a win (loss) only when the {CONFIDENCE:.0%} CI of the "
+            "paired difference lies entirely above (below) 0; everything else, including rows "
+            f"with fewer than {MIN_CI_SEEDS} paired seeds (no CI), is a tie."), "",
+            md_table(wtl_table(comparisons), left=1), ""]
+    else:
+        out += [f"No `{PROPOSED}` runs to compare.", ""]
+    return "\n".join(out)
+
+
+def _search(frame: pd.DataFrame) -> str:
+    table = search_table(frame)
+    return "\n".join(["## Search", "", paragraph(
+        "Records made by a hyperparameter search (they carry `search` provenance) are summarised "
+        "here and left out of the leaderboards above. The best trial is chosen on the validation "
+        "score; its test score is shown beside it."), "", md_table(table, left=4), ""])
+
+
+def _provenance(frame: pd.DataFrame) -> str:
+    p = provenance(frame)
+    ok = int((frame["status"] == "ok").sum())
+    n_search = int(frame["is_search"].sum())
+    suites = ", ".join(f"`{r.value}` ({r.records})" for r in p["suites"].itertuples())
+    commits = ", ".join(f"`{r.value}` ({r.records})" for r in p["commits"].itertuples())
+    out = ["## Provenance", "",
+           f"- Records: {len(frame)} ({ok} ok, {len(frame) - ok} failed"
+           + (f"; {n_search} from searches" if n_search else "") + ")",
+           f"- Suites (records): {suites}",
+           f"- Git commits (records): {commits}",
+           f"- Finished between {p['first']} and {p['last']}" if p["first"] else "- Finish times: unknown",
+           "", "### Library versions", "", md_table(p["versions"], left=2), "",
+           "### Hardware", "", md_table(p["hardware"], left=4), "", "### Failed runs", ""]
+    failed = failed_table(frame)
+    if failed.empty:
+        out += ["None.", ""]
+    else:
+        out += ["Excluded from every number above.", "", md_table(failed, left=7), ""]
+    return "\n".join(out)
+
+
+def render(frame: pd.DataFrame, *, stem: str, title: str | None = None,
+           figures: dict[str, list[tuple[str, str]]] | None = None,
+           plots_note: str = "No figures were drawn.") -> tuple[str, pd.DataFrame]:
+    """The markdown of the report on ``frame`` (from :func:`records_frame`), and the numeric
+    leaderboards (all tasks, long format)."""
+    counted = frame[(frame["status"] == "ok") & ~frame["is_search"]]
+    tasks = sorted(counted["task"].dropna().unique())
+    views = [TaskView.of(t, counted[counted["task"] == t]) for t in tasks]
+    suites = sorted({str(s) for s in frame["suite"].dropna()})
+    title = title or ("cist_bench report" + (f": {', '.join(suites)}" if suites else ""))
+    ok = int((frame["status"] == "ok").sum())
+    uncounted = sorted(set(frame["task"].dropna()) - set(tasks))
+    head = [f"# {title}", "", NUMBERS, "", paragraph(
+        f"**Records:** {len(frame)} ({ok} ok, {len(frame) - ok} failed)"
+        + (f" from suite{'s' if len(suites) != 1 else ''} {_codes(suites)}" if suites else "") + ".",
+        "**Tasks:** " + "; ".join(f"`{v.name}` ({v.scale.metric}, {v.scale.better} is better)"
+                                  for v in views) + ".",
+        f"Tasks without a counted run: {_codes(uncounted)}." if uncounted else "",
+        f"The records are exported beside this file as [`{stem}.records.jsonl`]({stem}.records.jsonl)."), ""]
+    parts = ["\n".join(head)]
+    comparisons: list[Comparison] = []
+    numeric = []
+    for view in views:
+        failed = int(((frame["task"] == view.name) & (frame["status"] != "ok")).sum())
+        text, comps, long = _task_section(view, failed, (figures or {}).get(view.name), plots_note)
+        parts.append(text)
+        comparisons += comps
+        numeric.append(long)
+    parts.append(_summary(views, comparisons))
+    if frame["is_search"].any():
+        parts.append(_search(frame))
+    parts.append(_provenance(frame))
+    markdown = "\n".join(parts).rstrip("\n") + "\n"
+    return markdown, (pd.concat(numeric, ignore_index=True) if numeric else pd.DataFrame())
+
+
+def build_report(sources: Sequence[Source] | Source, output: str | os.PathLike[str],
+                 formats: Sequence[str] = ("md",), title: str | None = None, *,
+                 results_root: str | os.PathLike[str] = Path("outputs"), plots: bool = True) -> Path:
+    """Build the report on the records of ``sources`` and return the markdown's path.
+
+    ``sources``: results directories, records files (``*.jsonl``) or suite files (whose results
+    are ``<results_root>/<suite name>``). Written beside ``output`` (``<stem>.md``): the figures
+    ``<stem>.<task>.<kind>.png`` (when ``plots`` and matplotlib is installed), the records
+    ``<stem>.records.jsonl`` (sorted by run id) and, with ``"csv"`` in ``formats``, the numeric
+    leaderboards ``<stem>.<task>.csv``. The markdown is always written; the same records give a
+    byte-identical markdown.
+    """
+    formats = tuple(formats)
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ReportError(f"unknown report format(s) {unknown}; choose from {list(FORMATS)}")
+    records = collect_records(sources, Path(results_root))
+    if not records:
+        raise ReportError(f"no records in {[str(s) for s in sources]}")
+    frame = records_frame(records)
+    output = Path(output)
+    folder, stem = output.parent, output.stem
+    folder.mkdir(parents=True, exist_ok=True)
+
+    figures: dict[str, list[tuple[str, str]]] = {}
+    plots_note = "Figures not requested."
+    if plots and not plotting.available():
+        plots_note = "Figures not drawn: matplotlib is not installed."
+        logger.warning(plots_note)
+    elif plots:
+        counted = frame[(frame["status"] == "ok") & ~frame["is_search"]]
+        for task in sorted(counted["task"].dropna().unique()):
+            view = TaskView.of(task, counted[counted["task"] == task])
+            figures[task] = plotting.draw(view, folder, stem)
+
+    markdown, numeric = render(frame, stem=stem, title=title, figures=figures, plots_note=plots_note)
+    atomic_write_text(output, markdown)
+    atomic_write_text(folder / f"{stem}.records.jsonl",
+                      "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records))
+    if "csv" in formats and not numeric.empty:
+        for task, rows in numeric.groupby("task", sort=True):
+            atomic_write_text(folder / f"{stem}.{safe_name(str(task))}.csv",
+                              rows.to_csv(index=False, lineterminator="\n"))
+    logger.info("report written to %s (%d records)", output, len(records))
+    return output

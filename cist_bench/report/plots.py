@@ -1,0 +1,137 @@
+"""The report's figures (matplotlib, Agg canvas; never pyplot, so no global backend state).
+
+File names are fixed (``<stem>.<task>.<kind>.png``); the PNG metadata carries no software
+version or date, so the same records give the same files on the same matplotlib.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cist_bench.report.fmt import safe_name
+from cist_bench.report.tables import TaskView, method_header
+
+logger = logging.getLogger(__name__)
+
+#: what each figure shows, used as its alt text and caption in the markdown
+KINDS = {
+    "leaderboard": "test score per method (mean ± std over seeds, validation-selected checkpoint)",
+    "entropy": "normalised teacher entropy per run (point: mean over the test split; bar: ± its std "
+               "over test examples)",
+    "val_curves": "validation score per epoch (mean over seeds)",
+}
+RC = {"svg.hashsalt": "cist_bench", "svg.fonttype": "path", "font.size": 9}
+
+
+def available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def file_name(stem: str, task: str, kind: str) -> str:
+    return f"{stem}.{safe_name(task)}.{kind}.png"
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+
+
+def _offsets(k: int, width: float = 0.8) -> np.ndarray:
+    return (np.arange(k) - (k - 1) / 2) * (width / max(k, 1))
+
+
+def _leaderboard(view: TaskView, ax) -> None:
+    s = view.scale
+    x = np.arange(len(view.pairs))
+    offsets = _offsets(len(view.methods))
+    runs = view.runs
+    for i, (off, m) in enumerate(zip(offsets, view.methods, strict=True)):
+        r = runs[runs["method"] == m].groupby("pair")["test"].agg(["mean", "std"]).reindex(view.pairs)
+        ax.errorbar(x + off, r["mean"] * s.factor, yerr=r["std"].fillna(0) * s.factor, fmt="o",
+                    capsize=3, color=f"C{i}", label=method_header(m))
+    teachers = runs.dropna(subset=["teacher_test"]).groupby("pair")["teacher_test"].mean().reindex(view.pairs)
+    if teachers.notna().any():
+        ax.scatter(x, teachers * s.factor, marker="_", s=900, color="black", label="teacher")
+    ax.set_xticks(x, view.pairs)
+    ax.set_ylabel(f"test {s.metric}{s.unit} ({s.better} is better)")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _entropy(view: TaskView, axes) -> None:
+    for ax, pair in zip(axes, view.pairs, strict=True):
+        runs = view.runs[view.runs["pair"] == pair]
+        for i, m in enumerate(view.methods):
+            r = runs[runs["method"] == m].sort_values(["seed", "run_id"])
+            if r.empty:
+                continue
+            jitter = _offsets(len(r), 0.5)
+            ax.errorbar(i + jitter, r["teacher_entropy_mean"], yerr=r["teacher_entropy_std"].fillna(0),
+                        fmt="o", capsize=2, markersize=4, color=f"C{i}")
+        ax.set_xticks(np.arange(len(view.methods)), view.methods)
+        ax.set_title(pair)
+        ax.set_ylim(0, 1.05)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("teacher entropy H(p_t)/log C (test split)")
+
+
+def _val_curves(view: TaskView, axes) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    metric = view.scale.metric
+    for ax, pair in zip(axes, view.pairs, strict=True):
+        runs = view.runs[view.runs["pair"] == pair]
+        for i, m in enumerate(view.methods):
+            points = [(h.get("epoch"), (h.get("val") or {}).get(metric))
+                      for rec in runs.loc[runs["method"] == m, "record"] for h in rec.get("history") or []]
+            curve = pd.DataFrame([p for p in points if p[0] is not None and isinstance(p[1], (int, float))],
+                                 columns=["epoch", "value"])
+            if curve.empty:
+                continue
+            mean = curve.groupby("epoch")["value"].mean()
+            ax.plot(mean.index, mean.to_numpy() * view.scale.factor, marker=".", color=f"C{i}", label=m)
+        ax.set_title(pair)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"val {metric}{view.scale.unit}")
+    if axes[-1].get_legend_handles_labels()[0]:
+        axes[-1].legend(fontsize=7)
+    else:
+        axes[-1].text(0.5, 0.5, "no history recorded", ha="center", va="center", transform=axes[-1].transAxes)
+
+
+def draw(view: TaskView, folder: Path, stem: str) -> list[tuple[str, str]]:
+    """Draw the task's figures into ``folder``; returns ``(file name, caption)`` pairs."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    out = []
+    n = len(view.pairs)
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=(max(4.5, 1.5 + 0.6 * n * len(view.methods)), 3.6), layout="constrained")
+        ax = fig.subplots()
+        ax.set_title(f"{view.name}: {KINDS['leaderboard']}", fontsize=8)
+        _leaderboard(view, ax)
+        out.append(("leaderboard", fig))
+        fig = Figure(figsize=(0.4 + 3.6 * n, 3.4), layout="constrained")
+        _entropy(view, fig.subplots(1, n, squeeze=False, sharey=True)[0])
+        fig.suptitle(f"{view.name}: teacher soft-label entropy per run", fontsize=9)
+        out.append(("entropy", fig))
+        fig = Figure(figsize=(0.4 + 3.6 * n, 3.2), layout="constrained")
+        _val_curves(view, fig.subplots(1, n, squeeze=False)[0])
+        fig.suptitle(f"{view.name}: {KINDS['val_curves']}", fontsize=9)
+        out.append(("val_curves", fig))
+        written = []
+        for kind, figure in out:
+            name = file_name(stem, view.name, kind)
+            _save(figure, folder / name)
+            written.append((name, KINDS[kind]))
+    return written
