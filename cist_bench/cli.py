@@ -28,11 +28,11 @@ EXIT_OK, EXIT_FAILED_RUNS, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_ASSUMED_THROUGHPUT = 5000.0
 
 
-def _load(args: argparse.Namespace) -> Any:
+def _load(args: argparse.Namespace, *, verify_data: bool = True) -> Any:
     from cist_bench.config import SuiteError, load_suite
 
     try:
-        return load_suite(args.suite, overrides=args.set or ())
+        return load_suite(args.suite, overrides=args.set or (), verify_data=verify_data)
     except SuiteError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None
@@ -53,7 +53,7 @@ def _print_plan(suite: Any, throughput: float) -> None:
     teachers = plan.get("teachers") or []
     recipes = [t for t in teachers if t.get("epochs") is not None]
     print(f"  teachers: {len(recipes)} to train (once each, cached), "
-          f"{len(teachers) - len(recipes)} from checkpoints")
+          f"{len(teachers) - len(recipes)} ready (checkpoint or pretrained)")
     compute = plan.get("compute") or {}
     student, teacher = compute.get("student_examples"), compute.get("teacher_examples")
     print(f"  student epochs: {compute.get('student_epochs')}; training samples: students "
@@ -80,9 +80,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    suite = _load(args)  # every check happens here, before Ray starts
+    # every check happens here, before Ray starts; a dry run plans campaigns for machines that
+    # hold the data (a cluster), so it does not require the data here
+    suite = _load(args, verify_data=not args.dry_run)
     if args.dry_run:
         _print_plan(suite, args.assume_throughput)
+        print("  (dry run: data availability not checked; `cist-bench validate` checks it)")
         return EXIT_OK
     from cist_bench.runner import run_campaign
 

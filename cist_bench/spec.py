@@ -97,9 +97,10 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class TeacherSpec:
-    """A teacher: a **checkpoint** (``checkpoint`` path, optional ``sha256``) or a **recipe**
+    """A teacher: a **checkpoint** (``checkpoint`` path, optional ``sha256``), a **recipe**
     (``train`` + ``seed``, trained once on ``task`` — the run's task when omitted — and cached
-    content-addressed by the hash of the full recipe)."""
+    content-addressed by the hash of the full recipe), or **pretrained** (a model that loads
+    its own weights, e.g. ``hf/smollm2-135m``)."""
 
     model: ModelSpec
     checkpoint: str | None = None
@@ -107,6 +108,7 @@ class TeacherSpec:
     train: TrainSpec | None = None
     seed: int = 0
     task: TaskSpec | None = None
+    pretrained: bool = False
     #: reuse teacher logits for inputs without random augmentation (computed once per split)
     cache_outputs: bool = True
     #: keep only the top-k logits (+ log-normaliser) in that cache; None = dense up to a

@@ -85,6 +85,8 @@ def teacher_id(spec: TeacherSpec, run_task: TaskSpec) -> str:
     if spec.checkpoint is not None:
         return "ckpt-" + (spec.sha256 or spec_id({"path": str(Path(spec.checkpoint).resolve()),
                                                   "model": to_dict(spec.model)}))
+    if spec.pretrained:
+        return "pretrained-" + spec_id(to_dict(spec.model))
     return "recipe-" + recipe_run_spec(spec, run_task).run_id
 
 
@@ -107,9 +109,56 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def recipe_folder(spec: TeacherSpec, run_task: TaskSpec, cache_root: Path | None) -> Path:
+    """Where a recipe teacher lives: ``<cache_root>/teachers/<hash of the full recipe>``."""
+    return (cache_root or cache_dir()) / "teachers" / recipe_run_spec(spec, run_task).run_id
+
+
+def is_trained(spec: TeacherSpec, run_task: TaskSpec, cache_root: Path | None) -> bool:
+    return spec.checkpoint is not None or spec.pretrained or \
+        (recipe_folder(spec, run_task, cache_root) / "model.pt").is_file()
+
+
+def store_recipe_teacher(folder: Path, run: RunSpec, outcome: dict[str, Any],
+                         seconds: float) -> None:
+    """Write a trained recipe teacher (weights last: their presence marks it done)."""
+    meta = {"spec": to_dict(run), "metrics": outcome["metrics"],
+            "primary_metric": outcome["primary_metric"],
+            "selected_epoch": outcome["selected_epoch"], "train_seconds": seconds,
+            "params": outcome["student_params"], "world_size": outcome["world_size"]}
+    atomic_write_bytes(folder / "meta.json", json.dumps(meta, indent=1).encode())
+    atomic_write_bytes(folder / "model.pt", outcome["best_state"])
+    logger.info("teacher %s: test %s", run.run_id, outcome["metrics"]["test"])
+
+
+FAILURE_FILE = "failed.txt"
+
+
+def lock_is_held(path: Path) -> bool:
+    """Whether another process holds the ``flock`` on ``path`` right now."""
+    if not path.exists():
+        return False
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return False
+
+
+def clear_failure(spec: TeacherSpec, run_task: TaskSpec, cache_root: Path | None) -> None:
+    if spec.checkpoint is None and not spec.pretrained:
+        (recipe_folder(spec, run_task, cache_root) / FAILURE_FILE).unlink(missing_ok=True)
+
+
 def resolve_teacher(spec: TeacherSpec, run_task: TaskSpec, *, cache_root: Path | None = None,
-                    hooks: Any = None) -> LoadedTeacher:
-    """Load a checkpoint teacher, or train/load a cached recipe teacher (CPU module)."""
+                    record_failure: bool = False) -> LoadedTeacher:
+    """Load a checkpoint teacher, or train/load a cached recipe teacher (CPU module).
+
+    ``record_failure``: if training fails, leave a marker so that runs waiting for this teacher
+    fail with the reason instead of each training it again (the campaign clears it on retry).
+    """
     from cist_bench.engine.loop import build_model, train_run
 
     task_spec = teacher_task_spec(spec, run_task)
@@ -127,24 +176,27 @@ def resolve_teacher(spec: TeacherSpec, run_task: TaskSpec, *, cache_root: Path |
         model.load_state_dict(_read_state_dict(path))
         return LoadedTeacher(model, teacher_id(spec, run_task), task_spec)
 
+    if spec.pretrained:  # the model builder loads its own weights (e.g. a Hugging Face model)
+        return LoadedTeacher(build_model(spec.model, task), teacher_id(spec, run_task), task_spec)
     run = recipe_run_spec(spec, run_task)
-    folder = (cache_root or cache_dir()) / "teachers" / run.run_id
+    folder = recipe_folder(spec, run_task, cache_root)
     weights, meta_path = folder / "model.pt", folder / "meta.json"
     with file_lock(folder.with_suffix(".lock")):
         if not weights.is_file():
+            failure = folder / FAILURE_FILE
+            if failure.is_file():
+                raise TeacherError(f"teacher {run.run_id} failed to train: {failure.read_text()}")
             logger.info("training teacher %s (%s on %s, %d epochs)", run.run_id, spec.model.name,
                         task_spec.name, run.train.epochs)
             t0 = time.perf_counter()
-            outcome = train_run(run, hooks=None, cache_root=cache_root, task=task,
-                                distributed=False)
-            meta = {"spec": to_dict(run), "metrics": outcome["metrics"],
-                    "primary_metric": outcome["primary_metric"],
-                    "selected_epoch": outcome["selected_epoch"],
-                    "train_seconds": time.perf_counter() - t0,
-                    "params": outcome["student_params"]}
-            atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
-            atomic_write_bytes(weights, outcome["best_state"])  # written last: marks "done"
-            logger.info("teacher %s: test %s", run.run_id, outcome["metrics"]["test"])
+            try:
+                outcome = train_run(run, hooks=None, cache_root=cache_root, task=task,
+                                    distributed=False)
+            except Exception as err:
+                if record_failure:
+                    atomic_write_bytes(failure, f"{type(err).__name__}: {err}"[-4000:].encode())
+                raise
+            store_recipe_teacher(folder, run, outcome, time.perf_counter() - t0)
     model = build_model(spec.model, task)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}

@@ -40,7 +40,7 @@ from cist_bench.errors import (
     UnknownNameError,
 )
 
-BUILTIN = {"cifar10", "cifar100", "digits", "fashion_mnist", "imagenet", "kjv_lm"}
+BUILTIN = {"cifar10", "cifar100", "digits", "fashion_mnist", "imagenet", "kjv_lm", "wordnet_gloss"}
 
 # --------------------------------------------------------------------------------------------
 # Tiny data in the real on-disk formats
@@ -203,7 +203,7 @@ def test_option_validation(name: str) -> None:
 def test_task_description(name: str, data: Any) -> None:
     task = make(name, data)
     assert task.name == name and TASKS.get(name) is type(task)
-    assert task.kind in ("image_classification", "language_modeling")
+    assert task.kind in ("image_classification", "language_modeling", "text_classification")
     assert task.metrics and all(isinstance(m, Metric) for m in task.metrics)
     assert task.primary_metric == task.metrics[0]
     assert task.install_hint
@@ -213,6 +213,9 @@ def test_task_description(name: str, data: Any) -> None:
         channels = task.input_shape[0]
         assert len(task.input_shape) == 3 and len(task.mean) == len(task.std) == channels
         assert (Metric("top5", True) in task.metrics) == (task.num_classes >= 100)
+    elif task.kind == "text_classification":
+        assert task.metrics[0] == Metric("accuracy", True)
+        assert len(task.input_shape) == 1 and task.mean is None
     else:
         assert task.metrics[0] == Metric("perplexity", False)
         assert len(task.input_shape) == 1 and task.mean is None
@@ -251,6 +254,10 @@ def test_splits_load_with_right_shapes(name: str, data: Any) -> None:
         if task.kind == "image_classification":
             assert x.dtype == torch.float32 and tuple(x.shape) == task.input_shape
             assert isinstance(y, int) and 0 <= y < task.num_classes
+        elif task.kind == "text_classification":  # token ids (padded), one label
+            assert x.dtype == torch.int64 and tuple(x.shape) == task.input_shape
+            assert isinstance(y, int) and 0 <= y < task.num_classes
+            assert int(x.min()) >= 0
         else:
             assert x.dtype == y.dtype == torch.int64
             assert tuple(x.shape) == tuple(y.shape) == task.input_shape
@@ -562,7 +569,7 @@ def test_kjv_real_text(data: Any) -> None:
 
 def test_kjv_tokenizer_option() -> None:
     with pytest.raises(ConfigError, match="'char'") as err:
-        create_task("kjv_lm", tokenizer="smollm2")
+        create_task("kjv_lm", tokenizer="word")
     assert err.value.field == "tokenizer"
 
 

@@ -670,10 +670,13 @@ class _Builder:
         model = self.model_spec(value["model"], (*loc, "model"))
         has_ckpt = value.get("checkpoint") is not None
         has_train = value.get("train") is not None
-        if has_ckpt == has_train:
-            self.fail(loc, "a teacher needs exactly one of `checkpoint` (a state-dict file) or "
-                      "`train` (a recipe, trained once and cached)"
-                      + (", not both" if has_ckpt else f"; got keys {sorted(value)}"))
+        has_pretrained = value.get("pretrained") is True
+        if has_ckpt + has_train + has_pretrained != 1:
+            self.fail(loc, "a teacher needs exactly one of `checkpoint` (a state-dict file), "
+                      "`train` (a recipe, trained once and cached) or `pretrained: true` (a model "
+                      "that loads its own weights, e.g. hf/smollm2-135m)"
+                      + (", not several" if has_ckpt + has_train + has_pretrained > 1
+                         else f"; got keys {sorted(value)}"))
         train = None
         if has_train:
             layer = self.train_layer(value["train"], (*loc, "train"))
@@ -800,8 +803,8 @@ class _Builder:
             seen[run.run_id] = run
 
         sizes: dict[str, int | None] = {}
-        for key, (spec, loc, task) in self.tasks.items():
-            sizes[key] = spec.options.get("train_size")
+        for key, (_spec, loc, task) in self.tasks.items():
+            sizes[key] = task.nominal_train_size()
             if self.verify_data:
                 sizes[key] = check_data(task, render(loc), self.origins.lookup(loc, self.path))
         return Suite(name=name, path=self.path, description=description, seeds=tuple(seeds),

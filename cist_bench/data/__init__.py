@@ -32,6 +32,7 @@ _BUILTIN = {
     "cifar100": "cist_bench.data.cifar:CIFAR100Task",
     "imagenet": "cist_bench.data.imagenet:ImageNetTask",
     "kjv_lm": "cist_bench.data.kjv_lm:KJVTask",
+    "wordnet_gloss": "cist_bench.data.wordnet_gloss:WordNetGlossTask",
 }
 for _name, _target in _BUILTIN.items():
     TASKS.add(_name, _target)

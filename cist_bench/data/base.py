@@ -45,7 +45,7 @@ from cist_bench.registry import did_you_mean
 
 logger = logging.getLogger(__name__)
 
-TaskKind = Literal["image_classification", "language_modeling"]
+TaskKind = Literal["image_classification", "language_modeling", "text_classification"]
 SplitName = Literal["train", "val", "test"]
 
 #: Salt mixed into the permutation that subsamples the test split. It is deliberately *not*
@@ -423,6 +423,19 @@ class Task:
 
     def make_metric_accumulator(self) -> MetricAccumulator:
         raise NotImplementedError
+
+    #: Size of the source training split when it is known without loading the data (used by
+    #: dry-run plans on machines that do not hold the data); ``None`` when it is not.
+    nominal_train_pool: ClassVar[int | None] = None
+
+    def nominal_train_size(self) -> int | None:
+        """Training examples per epoch, from the options and :attr:`nominal_train_pool`."""
+        if self.options.get("train_size") is not None:
+            return int(self.options["train_size"])
+        pool, val = self.nominal_train_pool, self.options.get("val_size", 0)
+        if pool is None:
+            return None
+        return pool - (round(val * pool) if isinstance(val, float) else int(val))
 
     # -- data -------------------------------------------------------------------------------
 

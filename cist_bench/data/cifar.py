@@ -60,6 +60,7 @@ class _CIFARTask(VisionTask):
     install_hint: ClassVar[str] = "download=True"
     input_shape = (3, 32, 32)
     PAD: ClassVar[int] = 4
+    nominal_train_pool: ClassVar[int | None] = 50000
 
     OPTIONS: ClassVar[dict[str, Option]] = {
         "download": Option(False, (bool,), "let torchvision download the archive into "

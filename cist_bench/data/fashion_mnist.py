@@ -104,6 +104,8 @@ def load_arrays(files: tuple[tuple[str, str], ...]) -> dict[str, torch.Tensor]:
 class FashionMNISTTask(VisionTask):
     """Fashion-MNIST, 10 classes; see the module docstring for data, splits and augmentation."""
 
+    nominal_train_pool: ClassVar[int | None] = 60000
+
     name: ClassVar[str] = "fashion_mnist"
     install_hint: ClassVar[str] = INSTALL_HINT
     num_classes = 10

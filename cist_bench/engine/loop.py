@@ -235,8 +235,7 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, cache_root: Path | N
     teacher_runtime: TeacherRuntime | None = None
     if spec.teacher is not None and loss_fn.needs_teacher:
         with torch.random.fork_rng(devices=[]):  # training a missing teacher reseeds
-            teacher_model = resolve_teacher(spec.teacher, spec.task, cache_root=cache_root,
-                                            hooks=hooks)
+            teacher_model = resolve_teacher(spec.teacher, spec.task, cache_root=cache_root)
         teacher_runtime = TeacherRuntime(teacher_model, task, spec.teacher, spec.task, device=device,
                                          amp=train_cfg.amp, cache_root=cache_root)
     t_setup = time.perf_counter() - t_start

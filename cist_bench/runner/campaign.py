@@ -70,7 +70,7 @@ def _train_teacher_task(teacher: dict[str, Any], task: dict[str, Any], cache_roo
     from cist_bench.teachers import resolve_teacher
 
     loaded = resolve_teacher(from_dict(TeacherSpec, teacher), from_dict(TaskSpec, task),
-                             cache_root=Path(cache_root))
+                             cache_root=Path(cache_root), record_failure=True)
     return loaded.id
 
 
@@ -132,11 +132,13 @@ def run_campaign(runs: list[RunSpec], output: str | Path, *, suite: str = "campa
     cluster = init_ray(address, num_cpus=num_cpus)
     cache_root = output / "teachers_cache"
     try:
-        pending = _train_teachers(pending, store, cache_root, suite)
-        if pending:
-            _run_trials(pending, store, output, cache_root, cluster, suite=suite,
-                        max_concurrent=max_concurrent, executor=executor,
-                        max_failures=max_failures, storage=storage)
+        teachers = _start_teachers(pending, cache_root, executor=executor, cluster=cluster,
+                                   max_failures=max_failures,
+                                   storage=storage or str(output / "ray" / "train"))
+        _run_trials(pending, store, output, cache_root, cluster, suite=suite,
+                    max_concurrent=max_concurrent, executor=executor,
+                    max_failures=max_failures, storage=storage)
+        _finish_teachers(teachers, pending, store, suite)
     finally:
         if started_here and not keep_ray:
             shutdown_ray()
@@ -152,42 +154,90 @@ def run_campaign(runs: list[RunSpec], output: str | Path, *, suite: str = "campa
     return result
 
 
-def _train_teachers(pending: list[RunSpec], store: ResultStore, cache_root: Path,
-                    suite: str) -> list[RunSpec]:
-    """Train every missing recipe teacher once, in parallel; fail the runs whose teacher fails."""
+def _start_teachers(pending: list[RunSpec], cache_root: Path, *, executor: str,
+                    cluster: dict[str, Any], storage: str,
+                    max_failures: int) -> dict[str, tuple[Any, RunSpec]]:
+    """Start training every missing recipe teacher, once each, in parallel Ray tasks.
+
+    Runs start while teachers train: a run whose teacher is not ready yet waits on that
+    teacher's cache lock (held by its training task), so the campaign does not idle until the
+    slowest teacher is done. A teacher trains with the resources of the first run that needs
+    it: through Ray Train (data-parallel, GPU) where that run would use Ray Train, else in a
+    plain Ray task. Returns the futures (teacher id → (future, a run that needs it)).
+    """
+    from cist_bench.runner.trial import fit_teacher
+    from cist_bench.teachers import clear_failure, is_trained, recipe_folder, teacher_id
+
+    needed: dict[str, RunSpec] = {}
+    for run in pending:
+        if run.teacher is not None and run.loss.name != "ce" and \
+                not is_trained(run.teacher, run.task, cache_root):
+            needed.setdefault(teacher_id(run.teacher, run.task), run)
+    futures: dict[str, tuple[Any, RunSpec]] = {}
+    for tid, run in needed.items():
+        clear_failure(run.teacher, run.task, cache_root)  # this campaign tries it again
+        res = run.resources
+        args = (to_dict(run.teacher), to_dict(run.task))
+        if resolve_executor(run, executor) == "train":
+            remote = ray.remote(fit_teacher).options(resources=driver_trial_resources(cluster),
+                                                     num_cpus=0, max_retries=0)
+            future = remote.remote(*args, to_dict(res), str(cache_root), storage, max_failures)
+        else:
+            remote = ray.remote(_train_teacher_task).options(
+                num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker if res.use_gpu else 0,
+                max_retries=0)
+            future = remote.remote(*args, str(cache_root))
+        futures[tid] = (future, run)
+    if futures:
+        print(f"training {len(futures)} teacher(s), once each: " + ", ".join(
+            f"{r.teacher.model.name} on {r.task.name}" for _, r in futures.values()),
+            file=sys.stderr, flush=True)
+        # wait until every teacher's task holds its cache lock, so that no run starts training
+        # the same teacher itself in the meantime
+        folders = [recipe_folder(r.teacher, r.task, cache_root) for _, r in futures.values()]
+        _wait_for_locks(folders, [f for f, _ in futures.values()])
+    return futures
+
+
+def _wait_for_locks(folders: list[Path], futures: list[Any], timeout: float = 300.0) -> None:
+    from cist_bench.teachers import lock_is_held
+
+    deadline = time.perf_counter() + timeout
+    waiting = list(zip(folders, futures, strict=True))
+    while waiting and time.perf_counter() < deadline:
+        done, _ = ray.wait([f for _, f in waiting], timeout=0)
+        waiting = [(folder, f) for folder, f in waiting
+                   if f not in done and not lock_is_held(folder.with_suffix(".lock"))
+                   and not (folder / "model.pt").is_file()]
+        if waiting:
+            time.sleep(0.2)
+
+
+def _finish_teachers(teachers: dict[str, tuple[Any, RunSpec]], pending: list[RunSpec],
+                     store: ResultStore, suite: str) -> None:
+    """Collect teacher results; a run left without a record because of its teacher gets one."""
     from cist_bench.teachers import teacher_id
 
-    needed: dict[str, tuple[RunSpec, TeacherSpec]] = {}
-    for run in pending:
-        if run.teacher is not None and run.teacher.checkpoint is None and run.loss.name != "ce":
-            needed.setdefault(teacher_id(run.teacher, run.task), (run, run.teacher))
-    if not needed:
-        return pending
-    remote = ray.remote(num_cpus=1, max_retries=1)(_train_teacher_task)
-    futures = {tid: remote.remote(to_dict(t), to_dict(r.task), str(cache_root))
-               for tid, (r, t) in needed.items()}
-    failed: dict[str, str] = {}
-    for tid, future in futures.items():
+    for tid, (future, _run) in teachers.items():
         try:
             ray.get(future)
         except Exception as err:
-            failed[tid] = f"teacher {tid} could not be trained: {type(err).__name__}: {err}"
-            logger.error(failed[tid])
-    still: list[RunSpec] = []
-    for run in pending:
-        tid = teacher_id(run.teacher, run.task) if run.teacher is not None else None
-        if tid in failed and run.loss.name != "ce":
-            store.write(make_record(run, status="failed", error=failed[tid], suite=suite))
-        else:
-            still.append(run)
-    return still
+            reason = f"teacher {tid} could not be trained: {type(err).__name__}: {err}"
+            logger.error(reason)
+            for other in pending:
+                if other.teacher is not None and other.loss.name != "ce" and \
+                        teacher_id(other.teacher, other.task) == tid and \
+                        store.get(other.run_id) is None:
+                    store.write(make_record(other, status="failed", error=reason[-4000:],
+                                            suite=suite))
 
 
 def _run_trials(pending: list[RunSpec], store: ResultStore, output: Path, cache_root: Path,
                 cluster: dict[str, Any], *, suite: str, max_concurrent: int | None,
                 executor: str, max_failures: int, storage: str | None) -> None:
     configs = []
-    for run in pending:
+    # runs that need no teacher first; the rest in suite order (their teachers may still train)
+    for run in sorted(pending, key=lambda r: r.loss.name != "ce"):
         ctx = {"output": str(output), "cache_root": str(cache_root), "suite": suite,
                "executor": resolve_executor(run, executor), "max_failures": max_failures,
                "storage": storage or ""}

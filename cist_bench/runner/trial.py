@@ -36,6 +36,7 @@ from cist_bench.results import ResultStore, make_record
 from cist_bench.results.record import now
 from cist_bench.results.store import atomic_write_text
 from cist_bench.spec import RunSpec, from_dict
+from cist_bench.teachers import TeacherError
 
 logger = logging.getLogger(__name__)
 
@@ -156,9 +157,9 @@ def train_worker(config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     try:
         outcome = train_run(spec, RayTrainHooks(spec.run_id), cache_root=Path(ctx["cache_root"]))
-    except RunFailedError as err:  # deterministic: record it, do not retry
+    except (RunFailedError, TeacherError) as err:  # deterministic: record it, do not retry
         if rank == 0:
-            _fail(spec, err.reason, ctx, started, t0, "train")
+            _fail(spec, str(err), ctx, started, t0, "train")
         return
     if rank == 0:
         _finish(spec, outcome, ctx, started, t0, "train")
@@ -183,8 +184,8 @@ def run_trial(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     try:
         outcome = train_run(spec, hooks, cache_root=Path(ctx["cache_root"]))
-    except RunFailedError as err:
-        _fail(spec, err.reason, ctx, started, t0, "local")
+    except (RunFailedError, TeacherError) as err:  # deterministic: record it, do not retry
+        _fail(spec, str(err), ctx, started, t0, "local")
         return
     except Exception as err:  # a crash: let Tune restart the trial (from the checkpoint)
         if attempt <= ctx["max_failures"]:
@@ -222,6 +223,66 @@ def _drive_train(spec: RunSpec, ctx: dict[str, Any], started: str, t0: float) ->
             _fail(spec, _describe(err), ctx, started, t0, "train")
         return
     tune.report({"epoch": spec.train.epochs, "done": True})
+
+
+def teacher_worker(config: dict[str, Any]) -> None:
+    """Ray Train per-worker loop training a recipe teacher (data-parallel when the runs that
+    need it are); rank 0 stores it in the content-addressed cache."""
+    from cist_bench.spec import TaskSpec, TeacherSpec
+    from cist_bench.teachers import recipe_folder, recipe_run_spec, store_recipe_teacher
+
+    teacher = from_dict(TeacherSpec, config["teacher"])
+    task = from_dict(TaskSpec, config["task"])
+    cache_root = Path(config["cache_root"])
+    run = recipe_run_spec(teacher, task)
+    t0 = time.perf_counter()
+    outcome = train_run(run, RayTrainHooks(run.run_id), cache_root=cache_root)
+    if ray.train.get_context().get_world_rank() == 0:
+        folder = recipe_folder(teacher, task, cache_root)
+        folder.mkdir(parents=True, exist_ok=True)
+        store_recipe_teacher(folder, run, outcome, time.perf_counter() - t0)
+
+
+def fit_teacher(teacher: dict[str, Any], task: dict[str, Any], resources: dict[str, Any],
+                cache_root: str, storage: str, max_failures: int) -> None:
+    """Train one recipe teacher with a TorchTrainer (run inside a Ray task)."""
+    from cist_bench.spec import ResourceSpec, TaskSpec, TeacherSpec
+    from cist_bench.teachers import FAILURE_FILE, file_lock, recipe_folder, recipe_run_spec
+
+    res = from_dict(ResourceSpec, resources)
+    teacher_spec, task_spec = from_dict(TeacherSpec, teacher), from_dict(TaskSpec, task)
+    run_id = recipe_run_spec(teacher_spec, task_spec).run_id
+    folder = recipe_folder(teacher_spec, task_spec, Path(cache_root))
+    per_worker: dict[str, float] = {"CPU": res.cpus_per_worker}
+    if res.use_gpu:
+        per_worker["GPU"] = res.gpus_per_worker
+    with file_lock(folder.with_suffix(".lock")):  # runs needing it wait on this lock
+        if (folder / "model.pt").is_file():
+            return
+        try:
+            _fit_teacher_trainer(teacher, task, res, per_worker, cache_root, storage,
+                                 max_failures, run_id)
+        except Exception as err:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / FAILURE_FILE).write_text(f"{type(err).__name__}: {err}"[-4000:])
+            raise
+
+
+def _fit_teacher_trainer(teacher: dict[str, Any], task: dict[str, Any], res: Any,
+                         per_worker: dict[str, float], cache_root: str, storage: str,
+                         max_failures: int, run_id: str) -> None:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    TorchTrainer(
+        teacher_worker,
+        train_loop_config={"teacher": teacher, "task": task, "cache_root": cache_root},
+        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(name=f"teacher-{run_id}", storage_path=storage,
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+    ).fit()
 
 
 def _plain(spec: RunSpec) -> dict[str, Any]:
