@@ -266,13 +266,17 @@ class TeacherRuntime:
     """Teacher logits for the engine: computed live, or from the per-split output cache."""
 
     def __init__(self, loaded: LoadedTeacher, task: Task, spec: TeacherSpec, run_task: TaskSpec, *,
-                 device: torch.device, amp: str = "off", cache_root: Path | None = None) -> None:
+                 device: torch.device, amp: str = "off", cache_root: Path | None = None,
+                 channels_last: bool = False) -> None:
         teacher_task = task
         if loaded.task != run_task:
             teacher_task = create_task(loaded.task.name, **loaded.task.options)
         self.frozen = FrozenTeacher(loaded.model, student_mean=task.mean, student_std=task.std,
                                     teacher_mean=teacher_task.mean,
                                     teacher_std=teacher_task.std).to(device)
+        if channels_last:
+            self.frozen = self.frozen.to(memory_format=torch.channels_last)
+        self.channels_last = channels_last
         self.loaded, self.task, self.run_task = loaded, task, run_task
         self.device, self.amp = device, amp
         self.cache_root = cache_root
@@ -305,7 +309,7 @@ class TeacherRuntime:
         chunks: list[Any] = []
         for x, _ in loader:
             with amp_context(self.amp, self.device):
-                logits = self.frozen(x.to(self.device)).float()
+                logits = self.frozen(self._to_device(x)).float()
             chunks.append(topk_compress(logits, k) if k else logits)
         if k:
             out: Any = {key: torch.cat([c[key] for c in chunks]).cpu() for key in chunks[0]}
@@ -315,6 +319,11 @@ class TeacherRuntime:
         torch.save(out, buf)
         atomic_write_bytes(path, buf.getvalue())
         return out
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        from cist_bench.engine.loop import to_device
+
+        return to_device(x, self.device, self.channels_last)
 
     def outputs(self, split: str) -> Any:
         if split not in self._outputs:
@@ -344,7 +353,7 @@ class TeacherRuntime:
                 _with_index(dataset), batch_size=512, generator=torch.Generator().manual_seed(0),
                 sampler=ShardSampler(len(dataset), DistInfo(), shuffle=False, seed=0))
             for x, y, idx in loader:
-                acc.update(self.logits(x.to(self.device), split=split, index=idx), y.to(self.device))
+                acc.update(self.logits(self._to_device(x), split=split, index=idx), y.to(self.device))
             result[split] = acc.compute()
         return result
 

@@ -127,9 +127,10 @@ def test_two_worker_ddp_metrics_equal_single_process_evaluation(ray_cluster, tmp
     task = create_task("digits")
     model = build_model(spec.student, task)
     model.load_state_dict(torch.load(tmp_path / "models" / f"{spec.run_id}.pt", weights_only=True))
+    model = model.to(memory_format=torch.channels_last)  # as the engine runs vision models
     for split, key in (("test", "test"), ("val", "val")):
         single = evaluate(model, task, task.splits()[split], info=DistInfo(),
-                          device=torch.device("cpu"), batch_size=97)
+                          device=torch.device("cpu"), batch_size=97, channels_last=True)
         assert single.metrics["accuracy"] == pytest.approx(rec["metrics"][key]["accuracy"], abs=1e-9)
         assert single.metrics["nll"] == pytest.approx(rec["metrics"][key]["nll"], rel=1e-5)
 

@@ -100,6 +100,13 @@ def build_model(spec: ModelSpec, task: Task) -> nn.Module:
     return create_model(spec.name, num_classes=task.num_classes, **options)
 
 
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """Move a batch; 4-D image batches optionally in channels-last layout."""
+    if channels_last and x.dim() == 4:
+        return x.to(device, memory_format=torch.channels_last, non_blocking=True)
+    return x.to(device, non_blocking=True)
+
+
 def amp_context(amp: str, device: torch.device):
     """bf16 autocast on a GPU that supports it for ``auto``/``bf16``; fp16 on request."""
     if device.type != "cuda" or amp == "off":
@@ -164,7 +171,8 @@ class EvalResult:
 def evaluate(model: nn.Module, task: Task, dataset: Dataset, *, info: DistInfo,
              device: torch.device, batch_size: int, amp: str = "off",
              teacher: Any = None, loss_fn: DistillationLoss | None = None,
-             progress: float = 1.0, split: str = "val", workers: int = 0) -> EvalResult:
+             progress: float = 1.0, split: str = "val", workers: int = 0,
+             channels_last: bool = False) -> EvalResult:
     """Metrics of ``model`` on ``dataset`` summed over every worker's shard (no padding).
 
     With a teacher and a loss, also the loss's diagnostics pooled over the split (teacher
@@ -181,7 +189,7 @@ def evaluate(model: nn.Module, task: Task, dataset: Dataset, *, info: DistInfo,
     loader = make_loader(dataset, batch_size, ShardSampler(len(dataset), info, shuffle=False, seed=0),
                          workers, device, private_rng=True)
     for x, y, idx in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
         with amp_context(amp, device):
             logits = model(x)
         acc.update(logits.float(), y)
@@ -230,14 +238,18 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, cache_root: Path | N
     seed_everything(spec.seed)  # same initial weights on every worker
     task = task or create_task(spec.task.name, **spec.task.options)
     splits = task.splits()
+    channels_last = train_cfg.channels_last and task.kind == "image_classification"
     student = build_model(spec.student, task).to(device)
+    if channels_last:
+        student = student.to(memory_format=torch.channels_last)
     loss_fn = create_loss(spec.loss.name, **spec.loss.hparams).to(device)
     teacher_runtime: TeacherRuntime | None = None
     if spec.teacher is not None and loss_fn.needs_teacher:
         with torch.random.fork_rng(devices=[]):  # training a missing teacher reseeds
             teacher_model = resolve_teacher(spec.teacher, spec.task, cache_root=cache_root)
         teacher_runtime = TeacherRuntime(teacher_model, task, spec.teacher, spec.task, device=device,
-                                         amp=train_cfg.amp, cache_root=cache_root)
+                                         amp=train_cfg.amp, cache_root=cache_root,
+                                         channels_last=channels_last)
     t_setup = time.perf_counter() - t_start
 
     model: nn.Module = student
@@ -288,7 +300,7 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, cache_root: Path | N
         for step, (x, y, idx) in enumerate(_take(loader, steps_per_epoch)):
             global_step = epoch * steps_per_epoch + step
             progress = global_step / total_steps
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
             with amp_context(train_cfg.amp, device):
                 s_logits = model(x)
                 t_logits = teacher_runtime.logits(x, split="train", index=idx) \
@@ -332,7 +344,7 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, cache_root: Path | N
                        batch_size=train_cfg.eval_batch_size, amp=train_cfg.amp,
                        teacher=teacher_runtime, loss_fn=loss_fn,
                        progress=(epoch + 1) / train_cfg.epochs, split="val",
-                       workers=train_cfg.loader_workers)
+                       workers=train_cfg.loader_workers, channels_last=channels_last)
         value = val.metrics[primary.name]
         if _is_better(value, best["value"], primary.higher_is_better):
             best = {"value": value, "epoch": epoch, "state": state_bytes(student)}
@@ -362,7 +374,8 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, cache_root: Path | N
     # test: last weights, then the validation-selected ones
     eval_kwargs = {"info": info, "device": device, "batch_size": train_cfg.eval_batch_size,
                    "amp": train_cfg.amp, "teacher": teacher_runtime, "loss_fn": loss_fn,
-                   "progress": 1.0, "split": "test", "workers": train_cfg.loader_workers}
+                   "progress": 1.0, "split": "test", "workers": train_cfg.loader_workers,
+                   "channels_last": channels_last}
     test_last = evaluate(student, task, splits["test"], **eval_kwargs)
     last_state = state_bytes(student)
     if best["state"] is not None and best["epoch"] != len(history) - 1:

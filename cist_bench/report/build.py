@@ -110,7 +110,8 @@ def _task_section(view: TaskView, failed: int, figures: list[tuple[str, str]] | 
     out += ["### Entropy consistency", "", paragraph(
         "Each run's diagnostics pool the normalised teacher soft-label entropy H(p_t)/log C over the "
         "test split: its mean and std over examples, at the teacher temperature the method used "
-        f"(`{STUDENT_ALONE}`: the teacher at τ = 1). *H mean* and *H std* average those over the "
+        f"(`{STUDENT_ALONE}` runs without a teacher: — unless its record has the diagnostics). "
+        "*H mean* and *H std* average those over the "
         "runs (seeds); *CV* = H std / H mean (lower = the soft labels are equally informative "
         "across examples). τ_t, τ_s: teacher and student temperatures, mean ± std over test "
         "examples, averaged over seeds; *weight*, *ratio*: CIST's per-example weight and ratio "
