@@ -1,8 +1,9 @@
-"""The ``cist-bench`` command line: run | validate | report | ls.
+"""The ``cist-bench`` command line: run | tune | validate | report | ls.
 
     cist-bench run suites/quickstart.yaml                 # the default offline campaign
     cist-bench run suites/cifar100.yaml --address auto    # on an existing Ray cluster
     cist-bench run SUITE --dry-run                        # the plan, no training
+    cist-bench tune suites/tune_quickstart.yaml           # equal-budget ASHA search (Ray Tune)
     cist-bench validate SUITE                             # check a suite (exit 2 if malformed)
     cist-bench report outputs/quickstart -o reports/quickstart.md
     cist-bench ls [losses|models|tasks|suites]
@@ -208,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
                     default="losses")
     ls.add_argument("--root", default="suites", help="where to look for suites")
     ls.set_defaults(func=_cmd_ls)
+
+    from cist_bench.search.cli import add_tune_parser  # imports neither Ray nor torch
+
+    add_tune_parser(sub)
     return parser
 
 

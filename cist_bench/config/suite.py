@@ -79,6 +79,7 @@ from cist_bench.errors import ConfigError, DataNotFoundError
 from cist_bench.losses import LOSSES, create_loss, loss_params
 from cist_bench.models import MODELS
 from cist_bench.registry import did_you_mean
+from cist_bench.search.hparams import apply_hparams_from
 from cist_bench.signature import check_kwargs, params_of
 from cist_bench.spec import (
     LossSpec,
@@ -534,6 +535,8 @@ def load_suite(path: str | Path, overrides: Sequence[str] = (), *, verify_data: 
     if isinstance(overrides, str):
         overrides = [overrides]
     data, origins = _load_tree(path, (), None)
+    # tuned hyperparameters from `cist-bench tune` (best_hparams.yaml), before --set overrides
+    apply_hparams_from(data, origins.lookup(("hparams_from",), path))
     for text in overrides:
         _apply_override(data, origins, path, text)
     return _Builder(path, data, origins, verify_data).build()

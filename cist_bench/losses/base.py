@@ -85,20 +85,21 @@ def mean_std(x: Tensor) -> tuple[Tensor, Tensor]:
     if x.numel() == 0:
         nan = torch.tensor(float("nan"), device=x.device)
         return nan, nan
-    return x.mean(), x.std(unbiased=False)
+    std, mean = torch.std_mean(x, correction=0)  # one fused op: this runs on every step
+    return mean, std
 
 
 def temperature_stats(tau_t: Tensor | float, tau_s: Tensor | float, log_p_t: Tensor | None,
                       n_rows: int, device: torch.device) -> Stats:
     """The diagnostics every loss reports. Constant temperatures are broadcast to the rows."""
 
-    def as_rows(tau: Tensor | float) -> Tensor:
-        tau = torch.as_tensor(tau, dtype=torch.float32, device=device).detach()
-        return tau.reshape(-1).expand(n_rows) if tau.numel() == 1 else tau.reshape(-1)
-
     stats: Stats = {}
     for key, tau in (("tau_t", tau_t), ("tau_s", tau_s)):
-        stats[f"stats/{key}_mean"], stats[f"stats/{key}_std"] = mean_std(as_rows(tau))
+        if isinstance(tau, float) or torch.as_tensor(tau).numel() == 1:  # one temperature
+            value = torch.as_tensor(tau, dtype=torch.float32, device=device).detach().reshape(())
+            stats[f"stats/{key}_mean"], stats[f"stats/{key}_std"] = value, torch.zeros_like(value)
+        else:
+            stats[f"stats/{key}_mean"], stats[f"stats/{key}_std"] = mean_std(tau)
     if log_p_t is None:
         nan = torch.tensor(float("nan"), device=device)
         stats["stats/teacher_entropy_mean"] = stats["stats/teacher_entropy_std"] = nan
@@ -140,6 +141,8 @@ class DistillationLoss(nn.Module):
         super().__init__()
         check_nonnegative("ce_weight", ce_weight)
         self.ce_weight = float(ce_weight)
+        #: set by forward(): the detached per-row target NLL at τ = 1 when the CE term ran
+        self.student_nll: Tensor | None = None
 
     # subclasses override -------------------------------------------------------------
     def distill(self, s: Tensor, t: Tensor, y: Tensor | None, progress: float) -> tuple[Tensor, Stats]:
@@ -188,8 +191,13 @@ class DistillationLoss(nn.Module):
             stats = temperature_stats(float("nan"), float("nan"), None, 1, s.device)
             return {"loss": ce + kd, "ce": ce, "kd": kd, **stats}
 
+        # per-row NLL of the target at τ = 1, detached, for losses that weight rows by it (CIST):
+        # the CE term computes it anyway, so sharing it saves them an (N, C) log-softmax
+        self.student_nll = None
         if self.ce_weight > 0:
-            ce = self.ce_weight * F.cross_entropy(s.float(), y)
+            nll = F.cross_entropy(s.float(), y, reduction="none")
+            self.student_nll = nll.detach()
+            ce = self.ce_weight * nll.mean()
         else:
             ce = s.new_zeros((), dtype=torch.float32)
         kd, stats = self.distill(s.float(), t.float() if t is not None else None, y, progress)

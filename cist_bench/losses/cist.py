@@ -62,19 +62,20 @@ AUTO_RATIO_BATCHES = 8
 # --------------------------------------------------------------------------- pure functions
 
 
-def row_scale(z: Tensor) -> Tensor:
+def row_scale(z: Tensor, z_max: Tensor | None = None) -> Tensor:
     """m = max_c z̄ = max_c z − mean_c z ≥ 0 per row → (N,).
 
     Softmax is shift-invariant, so the centred logits are never materialised: only this
     scale needs the centring (two reductions instead of an extra (N, C) tensor). A row with
     m ≈ 0 (flat logits) gets τ_min from the clamp in :func:`ratio_temperature`.
     """
-    return z.amax(-1) - z.mean(-1)
+    return (z.amax(-1) if z_max is None else z_max) - z.mean(-1)
 
 
-def ratio_temperature(z: Tensor, ratio: float, tau_min: float, tau_max: float) -> Tensor:
+def ratio_temperature(z: Tensor, ratio: float, tau_min: float, tau_max: float,
+                      z_max: Tensor | None = None) -> Tensor:
     """τ = clamp(max(z̄)/ratio, τ_min, τ_max) per row → (N,)."""
-    return (row_scale(z) / ratio).clamp(tau_min, tau_max)
+    return (row_scale(z, z_max) / ratio).clamp(tau_min, tau_max)
 
 
 def entropy_temperature(z: Tensor, target_entropy: float, tau_min: float,
@@ -97,20 +98,28 @@ def entropy_temperature(z: Tensor, target_entropy: float, tau_min: float,
 
 
 def cist_weights(t: Tensor, s: Tensor, y: Tensor | None, conf_exp: float,
-                 diff_exp: float) -> Tensor:
+                 diff_exp: float, *, t_max: Tensor | None = None,
+                 student_nll: Tensor | None = None) -> Tensor:
     """w = c^a · d^b normalised to mean 1 (N,): teacher confidence × student difficulty.
 
-    c = softmax(t)_y and d = 1 − softmax(s)_y at τ = 1, from a gather and a logsumexp (no
-    (N, C) probability tensor). Without targets the teacher's top class stands in for y.
+    c = softmax(t)_y and d = 1 − softmax(s)_y at τ = 1, from a gather and the row
+    log-normaliser (no (N, C) probability tensor). Without targets the teacher's top class
+    stands in for y. ``t_max`` (the teacher's row maxima) and ``student_nll`` (−log softmax(s)_y,
+    which the CE term already computed) are reused when given: this runs on every step.
     """
-    lse_t = t.logsumexp(-1)
+    if t_max is None:
+        t_max = t.amax(-1)
+    lse_t = t_max + (t - t_max[:, None]).exp().sum(-1).log()
     if y is None:
-        top, cls = t.max(-1)
-        conf = (top - lse_t).exp()
+        cls = t.argmax(-1)
+        conf = (t_max - lse_t).exp()
     else:
         cls = y
         conf = (t.gather(-1, y[:, None]).squeeze(-1) - lse_t).exp()
-    p_s = (s.gather(-1, cls[:, None]).squeeze(-1) - s.logsumexp(-1)).exp()
+    if student_nll is not None and y is not None:
+        p_s = (-student_nll).exp()
+    else:
+        p_s = (s.gather(-1, cls[:, None]).squeeze(-1) - s.logsumexp(-1)).exp()
     w = _power(conf, conf_exp) * _power((1.0 - p_s).clamp_min(0.0), diff_exp)
     # rows all weightless (teacher never confident, or student right everywhere): w = 0
     return w / w.mean().clamp_min(1e-12)
@@ -213,11 +222,12 @@ class _CISTBase(DistillationLoss):
                 progress: float) -> tuple[Tensor, Stats]:
         with torch.no_grad():  # temperatures and weights carry no gradient
             rho = self.current_ratio(t)
+            t_max = t.amax(-1)  # shared by the teacher's row scale and its log-normaliser
             if self.teacher_tau == "entropy":
                 tau_t = entropy_temperature(t, self.target_entropy, self.tau_min,
                                             self.tau_max, self.bisection_steps)
             else:
-                tau_t = ratio_temperature(t, rho, self.tau_min, self.tau_max)
+                tau_t = ratio_temperature(t, rho, self.tau_min, self.tau_max, t_max)
             if self.student_tau == "shared":
                 tau_s = tau_t
             elif self.student_tau == "fixed":
@@ -226,7 +236,8 @@ class _CISTBase(DistillationLoss):
                 rho_s = rho if self.student_ratio is None else float(self.student_ratio)
                 tau_s = ratio_temperature(s.detach(), rho_s, self.tau_min, self.tau_max)
             if self.reweight:
-                w = cist_weights(t, s.detach(), y, self.conf_exp, self.diff_exp)
+                w = cist_weights(t, s.detach(), y, self.conf_exp, self.diff_exp, t_max=t_max,
+                                 student_nll=self.student_nll)
             else:
                 w = torch.ones_like(tau_t)
         per_row, log_p_t = cist_rows(t, s, tau_t, tau_s)

@@ -119,10 +119,13 @@ def _finish(spec: RunSpec, outcome: dict[str, Any], ctx: dict[str, Any], started
         tmp = models / f".{spec.run_id}.pt.tmp"
         tmp.write_bytes(outcome["best_state"])
         os.replace(tmp, models / f"{spec.run_id}.pt")
-    ResultStore(output).write(make_record(
+    wall = time.perf_counter() - t0
+    record = make_record(
         spec, status="ok", outcome=outcome, suite=ctx.get("suite"), started=started,
-        wall_seconds=time.perf_counter() - t0, executor=executor,
-        attempts=_attempts(output, spec.run_id)))
+        wall_seconds=wall, executor=executor, attempts=_attempts(output, spec.run_id))
+    if executor == "local":  # the trial is this process: its wall time is the run's
+        record["timing"]["trial_wall_seconds"] = wall
+    ResultStore(output).write(record)
 
 
 def _fail(spec: RunSpec, reason: str, ctx: dict[str, Any], started: str, t0: float,
@@ -216,12 +219,17 @@ def _drive_train(spec: RunSpec, ctx: dict[str, Any], started: str, t0: float) ->
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
     )
+    store = ResultStore(Path(ctx["output"]))
     try:
         trainer.fit()
     except Exception as err:  # retries exhausted (or a start-up failure)
-        if not ResultStore(Path(ctx["output"])).is_ok(spec.run_id):
+        if not store.is_ok(spec.run_id):
             _fail(spec, _describe(err), ctx, started, t0, "train")
         return
+    record = store.get(spec.run_id)
+    if record is not None:  # the whole trial as the driver saw it, Ray Train's start-up included
+        record["timing"]["trial_wall_seconds"] = time.perf_counter() - t0
+        store.write(record)
     tune.report({"epoch": spec.train.epochs, "done": True})
 
 
