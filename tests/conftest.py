@@ -70,3 +70,40 @@ def kill_marked(mark_value: str) -> int:
         except OSError:
             continue
     return n
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (children, grandchildren, …), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(proc.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def sigkill_tree(pid: int) -> list[int]:
+    """SIGKILL ``pid`` as a crash would, then the processes it had started.
+
+    Ray's per-node agents (ray::DashboardAgent, ray::RuntimeEnvAgent) run with an environment
+    of their own, so the session marker does not reach them; a snapshot of the driver's process
+    tree taken just before the kill does. Returns the descendants found.
+    """
+    tree = descendants(pid)
+    os.kill(pid, signal.SIGKILL)
+    return tree
+
+
+def kill_pids(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import SESSION_MARK, kill_marked
+from conftest import SESSION_MARK, kill_marked, kill_pids, sigkill_tree
 
 from cist_bench.cli import main
 
@@ -118,6 +117,7 @@ def test_campaign_killed_with_sigkill_and_restarted_records_every_run_once(tmp_p
     env = {**os.environ, SESSION_MARK: mark, "CIST_BENCH_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "cist_bench.cli", "run", str(SMOKE), "--output", str(out),
            "--no-report", "--set", "train.epochs=3"]
+    orphans: list[int] = []
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
@@ -125,12 +125,13 @@ def test_campaign_killed_with_sigkill_and_restarted_records_every_run_once(tmp_p
             assert proc.poll() is None, "the campaign ended before it could be killed"
             time.sleep(0.2)
         assert _records(out), "no run finished in time"
-        os.kill(proc.pid, signal.SIGKILL)  # mid-way: other runs are training right now
+        orphans = sigkill_tree(proc.pid)  # mid-way: other runs are training right now
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
         kill_marked(mark)  # the killed driver's Ray processes (orphans, see RAY.md)
+        kill_pids(orphans)  # …including Ray's agents, which do not carry the marker
     first = _records(out)
     assert 1 <= len(first) < 6
     mark2 = uuid.uuid4().hex

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import ray
 import yaml
-from conftest import SESSION_MARK, kill_marked
+from conftest import SESSION_MARK, kill_marked, kill_pids, sigkill_tree
 
 from cist_bench.config.suite import SuiteError, _Builder, _load_tree, load_suite
 from cist_bench.runner.trial import FAULT_ENV
@@ -385,6 +384,7 @@ def test_search_killed_with_sigkill_resumes_without_rerunning_finished_trials(tm
     def final(records: dict) -> dict:
         return {k: r for k, r in records.items() if r.get("search", {}).get("early_stopped") is False}
 
+    orphans: list[int] = []
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     try:
         deadline = time.time() + 240
@@ -392,12 +392,13 @@ def test_search_killed_with_sigkill_resumes_without_rerunning_finished_trials(tm
             assert proc.poll() is None, "the search ended before it could be killed"
             time.sleep(0.1)
         assert final(_records(out)), "no trial finished in time"
-        os.kill(proc.pid, signal.SIGKILL)  # mid-way: other trials are training right now
+        orphans = sigkill_tree(proc.pid)  # mid-way: other trials are training right now
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
         kill_marked(mark)  # the killed driver's Ray processes (orphans, see RAY.md)
+        kill_pids(orphans)  # …including Ray's agents, which do not carry the marker
     before = final(_records(out))
     assert 1 <= len(before) < 6
     env[SESSION_MARK] = mark2 = uuid.uuid4().hex
