@@ -33,10 +33,34 @@ def _marked_processes() -> list[int]:
     return found
 
 
+def _stat_fields(proc: Path) -> list[str]:
+    return (proc / "stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _orphaned_ray_processes(since_ticks: int) -> list[int]:
+    """Ray processes started during this session whose parent is gone (re-parented to 1):
+    what a killed driver leaves behind, including agents that do not carry the marker."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = _stat_fields(proc)
+            title = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        # fields[1] = ppid, fields[19] = start time in clock ticks since boot
+        if fields[1] == "1" and int(fields[19]) >= since_ticks and (
+                title.startswith("ray::") or "raylet" in title or "gcs_server" in title):
+            found.append(int(proc.name))
+    return found
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_ray_leftovers():
     """After the session, end any Ray process the tests started (a SIGKILLed driver leaves
     orphans such as ray::DashboardAgent behind; see shared/RAY.md §1)."""
+    start = int(_stat_fields(Path("/proc/self"))[19])
     yield
     try:
         import ray
@@ -46,9 +70,10 @@ def no_ray_leftovers():
     except ImportError:  # pragma: no cover
         pass
     deadline = time.time() + 20
-    while _marked_processes() and time.time() < deadline:  # Ray's daemons exit on their own
+    while (_marked_processes() or _orphaned_ray_processes(start)) and time.time() < deadline:
+        # Ray's daemons exit on their own after a clean shutdown
         time.sleep(0.5)
-    leftovers = _marked_processes()
+    leftovers = sorted(set(_marked_processes()) | set(_orphaned_ray_processes(start)))
     for pid in leftovers:  # do not leave them behind, but do fail the session
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
