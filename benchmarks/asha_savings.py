@@ -35,9 +35,11 @@ from typing import Any
 
 import ray
 
+from cist_bench.config import load_suite
+from cist_bench.config.search import SearchPlan
 from cist_bench.runner.cluster import init_ray, shutdown_ray
-from cist_bench.runner.search import SearchResult, _ensure_teachers, run_search
-from cist_bench.search.config import SearchSuite, load_search_suite
+from cist_bench.runner.search import SearchResult, run_search
+from cist_bench.runner.teachers import ensure_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "reports" / "perf-tune.md"
@@ -50,12 +52,14 @@ def _rerun(spec: dict[str, Any], cache_root: str) -> dict[str, Any]:
     from cist_bench.spec import RunSpec, from_dict
 
     torch.set_num_threads(1)
-    outcome = train_run(from_dict(RunSpec, spec), cache_root=Path(cache_root))
-    return {"val": outcome["metrics"]["val"], "test": outcome["metrics"]["test"]}
+    run = from_dict(RunSpec, spec)
+    teacher = ensure_teacher(run.teacher, run.task, cache_root=Path(cache_root))
+    outcome = train_run(run, teacher=teacher, cache_root=Path(cache_root))
+    return {"val": outcome.metrics["val"], "test": outcome.metrics["test"]}
 
 
-def _val(record: dict[str, Any] | None, metric: str) -> float:
-    value = ((record or {}).get("metrics") or {}).get("val", {}).get(metric)
+def _val(record: Any, metric: str) -> float:
+    value = (record.metrics.get("val") or {}).get(metric) if record is not None else None
     return float(value) if isinstance(value, (int, float)) else math.nan
 
 
@@ -68,13 +72,13 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 def run(args: argparse.Namespace) -> str:
     overrides = list(args.set or [])
-    asha = load_search_suite(args.suite, overrides, num_samples=args.num_samples)
-    fifo = load_search_suite(args.suite, [*overrides, "search.scheduler.name=fifo"],
-                             num_samples=args.num_samples)
-    if asha.search.algorithm == "optuna":
+    asha = load_suite(args.suite, overrides, num_samples=args.num_samples, need_search=True).search
+    fifo = load_suite(args.suite, [*overrides, "search.scheduler.name=fifo"], num_samples=args.num_samples,
+                      need_search=True).search
+    if asha.algorithm == "optuna":
         raise SystemExit("optuna proposes points adaptively: the two searches would not share them")
-    if asha.search.scheduler.name != "asha":
-        raise SystemExit(f"{args.suite}: its scheduler is {asha.search.scheduler.name}, not asha")
+    if asha.scheduler.name != "asha":
+        raise SystemExit(f"{args.suite}: its scheduler is {asha.scheduler.name}, not asha")
     for a, f in zip(asha.groups, fifo.groups, strict=True):  # the same points in both searches
         assert [t.spec.run_id for t in a.trials] == [t.spec.run_id for t in f.trials]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -86,7 +90,8 @@ def run(args: argparse.Namespace) -> str:
     init_ray(None, num_cpus=args.num_cpus)
     try:
         t0 = time.perf_counter()
-        _ensure_teachers(asha, cache)
+        for group in asha.groups:  # once, beforehand, so neither search's wall time includes it
+            ensure_teacher(group.base.teacher, group.base.task, cache_root=cache)
         teacher_s = time.perf_counter() - t0
         results: dict[str, SearchResult] = {}
         walls: dict[str, float] = {}
@@ -105,17 +110,17 @@ def _rerun_picks(results: dict[str, SearchResult], seeds: list[int], cache: Path
     """Retrain ASHA's and FIFO's picks with fresh seeds (only where they differ)."""
     import dataclasses
 
-    from cist_bench.spec import RunSpec, from_dict, to_dict
+    from cist_bench.spec import to_dict
 
     remote = ray.remote(num_cpus=1)(_rerun)
     futures: dict[tuple[str, str, int], Any] = {}
     for ga, gf in zip(results["asha"].groups, results["fifo"].groups, strict=True):
         if not ga.best or not gf.best or not seeds:
             continue
-        if ga.best["search"]["trial_index"] == gf.best["search"]["trial_index"]:
+        if ga.best.search.trial_index == gf.best.search.trial_index:
             continue
         for who, best in (("asha", ga.best), ("fifo", gf.best)):
-            base = from_dict(RunSpec, best["spec"])
+            base = best.spec
             for seed in seeds:
                 spec = dataclasses.replace(base, seed=seed)
                 futures[(ga.group.key, who, seed)] = remote.remote(to_dict(spec), str(cache))
@@ -125,10 +130,10 @@ def _rerun_picks(results: dict[str, SearchResult], seeds: list[int], cache: Path
     return out
 
 
-def _report(args: argparse.Namespace, search: SearchSuite, results: dict[str, SearchResult],
+def _report(args: argparse.Namespace, search: SearchPlan, results: dict[str, SearchResult],
             walls: dict[str, float], reruns: dict[str, dict[str, Any]], seeds: list[int],
             teacher_s: float, work: Path) -> str:
-    spec = search.search
+    spec = search
     epochs = {k: sum(g.epochs_run for g in r.groups) for k, r in results.items()}
     trials = results["asha"].trials
     lines = [
@@ -159,12 +164,12 @@ def _report(args: argparse.Namespace, search: SearchSuite, results: dict[str, Se
         if not ga.best or not gf.best:
             lines.append(f"| {g.describe()} | — | — | — | — | — |")
             continue
-        ia, i_f = ga.best["search"]["trial_index"], gf.best["search"]["trial_index"]
-        fifo_of_asha = next((r for r in gf.records if r["search"]["trial_index"] == ia), None)
+        ia, i_f = ga.best.search.trial_index, gf.best.search.trial_index
+        fifo_of_asha = next((r for r in gf.records if r.search.trial_index == ia), None)
         va, vf = _val(fifo_of_asha, g.primary), _val(gf.best, g.primary)
         sign = 1 if g.mode == "max" else -1
-        lines.append(f"| {g.describe()} | {ga.best['search']['hparams']} ({ia}) | "
-                     f"{gf.best['search']['hparams']} ({i_f}) | {va:.4f} | {vf:.4f} | {sign * (vf - va):+.4f} |")
+        lines.append(f"| {g.describe()} | {ga.best.search.hparams} ({ia}) | "
+                     f"{gf.best.search.hparams} ({i_f}) | {va:.4f} | {vf:.4f} | {sign * (vf - va):+.4f} |")
         if ia == i_f:
             verdicts.append(f"- {g.describe()}: ASHA picked the same configuration as the full-budget "
                             "search (no seed reruns needed).")

@@ -32,8 +32,9 @@ import torch
 
 from cist_bench.engine import train_run
 from cist_bench.results import ResultStore
-from cist_bench.runner import run_campaign
+from cist_bench.runner.campaign import run_campaign
 from cist_bench.runner.cluster import init_ray, shutdown_ray
+from cist_bench.runner.teachers import ensure_teacher
 from cist_bench.spec import (
     LossSpec,
     ModelSpec,
@@ -44,7 +45,6 @@ from cist_bench.spec import (
     TeacherSpec,
     TrainSpec,
 )
-from cist_bench.teachers import resolve_teacher
 
 REPORT = Path(__file__).resolve().parents[1] / "reports" / "perf-runner.md"
 
@@ -71,16 +71,16 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="cist_bench_runner_bench_"))
     os.environ["CIST_BENCH_CACHE"] = str(work / "cache")
     spec = base_run(args.train_size, args.epochs)
-    resolve_teacher(spec.teacher, spec.task, cache_root=work / "campaign" / "teachers_cache")
+    teacher = ensure_teacher(spec.teacher, spec.task, cache_root=work / "campaign" / "teachers_cache")
 
     # 1. plain engine, in this process
     plain = {}
     for threads in (1, torch.get_num_threads()):
         torch.set_num_threads(threads)
         t0 = time.perf_counter()
-        out = train_run(spec, cache_root=work / "campaign" / "teachers_cache")
-        plain[threads] = {"wall": time.perf_counter() - t0, "sps": out["timing"]["samples_per_second"],
-                          "engine": out["timing"]["total_seconds"]}
+        out = train_run(spec, teacher=teacher, cache_root=work / "campaign" / "teachers_cache")
+        plain[threads] = {"wall": time.perf_counter() - t0, "sps": out.timing["samples_per_second"],
+                          "engine": out.timing["total_seconds"]}
     torch.set_num_threads(max(plain))
 
     rows, scaling = [], []
@@ -92,7 +92,7 @@ def main() -> None:
             t0 = time.perf_counter()
             run_campaign([spec], out_dir, executor=executor, max_concurrent=1)
             campaign_wall = time.perf_counter() - t0
-            rec = ResultStore(out_dir).records()[0]
+            rec = ResultStore(out_dir).records()[0].to_json()
             rows.append({
                 "how": f"Ray, executor `{executor}`" + (" (TorchTrainer, 1 worker)"
                                                        if executor == "train" else " (engine in the trial)"),
@@ -108,7 +108,7 @@ def main() -> None:
             t0 = time.perf_counter()
             run_campaign(runs, out_dir, executor=executor, max_concurrent=args.concurrency)
             wall = time.perf_counter() - t0
-            per_run = statistics.median(r["timing"]["trial_wall_seconds"] for r in ResultStore(out_dir))
+            per_run = statistics.median(r.timing["trial_wall_seconds"] for r in ResultStore(out_dir))
             ideal = args.campaign_runs / args.concurrency * per_run
             scaling.append({"executor": executor, "runs N": args.campaign_runs,
                             "concurrent K": args.concurrency, "campaign wall s": wall,

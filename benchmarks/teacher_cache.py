@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from cist_bench.engine import train_run
+from cist_bench.runner.teachers import ensure_teacher
 from cist_bench.spec import (
     LossSpec,
     ModelSpec,
@@ -35,7 +36,6 @@ from cist_bench.spec import (
     TeacherSpec,
     TrainSpec,
 )
-from cist_bench.teachers import resolve_teacher
 
 REPORT = Path(__file__).resolve().parents[1] / "reports" / "perf-teacher-cache.md"
 
@@ -69,7 +69,7 @@ def main() -> None:
     os.environ.setdefault("CIST_BENCH_CACHE", str(cache_root))
     rows = []
     for name, spec in cases(args.epochs).items():
-        resolve_teacher(spec.teacher, spec.task, cache_root=cache_root)  # trained before timing
+        ensure_teacher(spec.teacher, spec.task, cache_root=cache_root)  # trained before timing
         timings = {}
         for cached in (True, False):
             run = dataclasses.replace(spec, teacher=dataclasses.replace(spec.teacher,
@@ -77,8 +77,8 @@ def main() -> None:
             t0 = time.perf_counter()
             out = train_run(run, cache_root=cache_root)
             total = time.perf_counter() - t0
-            timings[cached] = {"train": out["timing"]["train_seconds"], "total": total,
-                               "metric": out["metrics"]["test"][out["primary_metric"]["name"]]}
+            timings[cached] = {"train": out.timing["train_seconds"], "total": total,
+                               "metric": out.metrics["test"][out.primary_metric["name"]]}
         # the first cached run also filled the output cache (train, val and test splits)
         rows.append({
             "case": name,

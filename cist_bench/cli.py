@@ -1,4 +1,4 @@
-"""The ``cist-bench`` command line: run | tune | validate | report | ls.
+"""The ``cist-bench`` command line: run | tune | validate | report | ls | schema.
 
     cist-bench run suites/quickstart.yaml                 # the default offline campaign
     cist-bench run suites/cifar100.yaml --address auto    # on an existing Ray cluster
@@ -6,15 +6,18 @@
     cist-bench tune suites/tune_quickstart.yaml           # equal-budget ASHA search (Ray Tune)
     cist-bench validate SUITE                             # check a suite (exit 2 if malformed)
     cist-bench report outputs/quickstart -o reports/quickstart.md
-    cist-bench ls [losses|models|tasks|suites]
+    cist-bench ls [losses|models|tasks|suites|executors]
+    cist-bench schema > suite.schema.json                 # the JSON Schema of suite files
 
 A malformed suite is refused before any Ray work with exit status 2 and one message naming the
-file, the field and what was expected.
+file, the field and what was expected. ``run`` and ``tune`` execute through the same trial
+function; ``tune`` is ``run`` with a searcher and a scheduler in place of the grid.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -29,15 +32,12 @@ EXIT_OK, EXIT_FAILED_RUNS, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_ASSUMED_THROUGHPUT = 5000.0
 
 
-def _load(args: argparse.Namespace, *, verify_data: bool = True) -> Any:
+def _load(args: argparse.Namespace, *, verify_data: bool = True, **kwargs: Any) -> Any:
     from cist_bench.config import SuiteError, load_suite
 
     try:
-        return load_suite(args.suite, overrides=args.set or (), verify_data=verify_data)
-    except SuiteError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT) from None
-    except FileNotFoundError as err:
+        return load_suite(args.suite, overrides=args.set or (), verify_data=verify_data, **kwargs)
+    except (SuiteError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None
 
@@ -67,10 +67,20 @@ def _print_plan(suite: Any, throughput: float) -> None:
               f"{throughput:,.0f} samples/s per {'GPU' if gpu else 'worker'} (--assume-throughput)")
     else:
         print("  estimated compute: unknown (a training-set size is only known once its data loads)")
+    print(f"  report roles: proposed {suite.roles.proposed}, reference {suite.roles.reference}, "
+          f"baseline {suite.roles.baseline}")
+    if suite.search is not None:
+        s = suite.search
+        print(f"  search {s.id}: {len(s.groups)} (task, pair, method); {s.describe_budget()}")
 
 
 def _count(n: int | None) -> str:
     return "unknown" if n is None else f"{n:,}"
+
+
+def _roles(suite: Any) -> dict[str, str]:
+    r = suite.roles
+    return {"proposed": r.proposed, "reference": r.reference, "baseline": r.baseline}
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -84,21 +94,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # every check happens here, before Ray starts; a dry run plans campaigns for machines that
     # hold the data (a cluster), so it does not require the data here
     suite = _load(args, verify_data=not args.dry_run)
+    if suite.search is not None:
+        print(f"error: {suite.path}: search: this suite has a `search:` block; run the search with "
+              "`cist-bench tune`, or remove the block to run the grid", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.dry_run:
         _print_plan(suite, args.assume_throughput)
         print("  (dry run: data availability not checked; `cist-bench validate` checks it)")
         return EXIT_OK
-    from cist_bench.runner import run_campaign
+    from cist_bench.runner.campaign import run_campaign
 
     output = Path(args.output or Path("outputs") / suite.name)
     runs = suite.runs()
     print(f"suite {suite.name}: {len(runs)} runs → {output}", file=sys.stderr)
-    result = run_campaign(
-        runs, output, suite=suite.name, address=args.address,
-        max_concurrent=args.max_concurrent or suite.max_concurrent,
-        executor=args.executor or suite.executor, max_failures=args.max_failures,
-        num_cpus=args.num_cpus, storage=args.storage,
-    )
+    try:
+        result = run_campaign(
+            runs, output, suite=suite.name, address=args.address,
+            max_concurrent=args.max_concurrent or suite.max_concurrent,
+            executor=args.executor or suite.executor, max_failures=args.max_failures,
+            num_cpus=args.num_cpus, storage=args.storage, roles=_roles(suite),
+            progress_interval=args.progress_interval)
+    except ValueError as err:  # resources an executor cannot give: nothing was started
+        print(f"error: {suite.path}: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(f"done in {result.wall_seconds:.0f} s: {result.ok} ok, {result.failed} failed, "
           f"{result.skipped} already done", file=sys.stderr)
     for run_id, reason in result.failures:
@@ -110,6 +128,48 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_FAILED_RUNS if result.failed else EXIT_OK
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    suite = _load(args, verify_data=not args.dry_run, num_samples=args.num_samples, need_search=True)
+    plan = suite.search
+    print(f"search {plan.name} ({plan.id}): {len(plan.groups)} (task, pair, method) × "
+          f"{plan.num_samples} trials", file=sys.stderr)
+    print(f"  budget, the same for every method: {plan.describe_budget()}", file=sys.stderr)
+    for g in plan.groups:
+        print(f"  {g.describe()}: {g.space.to_data()} → {g.metric} ({g.mode})", file=sys.stderr)
+    if args.dry_run:
+        return EXIT_OK
+    from cist_bench.runner.search import SearchError, run_search
+
+    output = Path(args.output or Path("outputs") / plan.name)
+    try:
+        result = run_search(plan, output, executor=args.executor or suite.executor, address=args.address,
+                            resume=args.resume, max_concurrent=args.max_concurrent, num_cpus=args.num_cpus,
+                            max_failures=args.max_failures, cache_root=args.teachers_cache,
+                            storage=args.storage, roles=_roles(suite), suite_file=str(suite.path),
+                            progress_interval=args.progress_interval)
+    except (SearchError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    epochs = sum(g.epochs_run for g in result.groups)
+    full = result.trials * plan.max_epochs
+    stopped = sum(g.early_stopped for g in result.groups)
+    print(f"done in {result.wall_seconds:.0f} s: {result.trials} trials ({result.failed} failed, "
+          f"{stopped} stopped early); {epochs} trial-epochs of {full} at full budget "
+          f"({100 * epochs / max(full, 1):.0f}%)", file=sys.stderr)
+    print(f"budget per (task, pair, method): {plan.describe_budget()}")
+    for g in result.groups:
+        if g.best is None:
+            print(f"  {g.group.describe()}: no trial finished")
+            continue
+        s = g.best.search
+        value = g.best.metrics["val"][g.group.primary]
+        note = "" if g.best_full_budget else " (no trial ran the full budget: best early-stopped one)"
+        print(f"  {g.group.describe()}: val {g.group.primary} {value:.4f} with {s.hparams} "
+              f"(trial {s.trial_index}, {s.epochs_run} epochs){note}")
+    print(f"best configurations: {result.best_file}\nsensitivity: {result.sensitivity_file}")
+    return EXIT_FAILED_RUNS if result.failed else EXIT_OK
+
+
 def _write_report(sources: list[str], output: Path, *, title: str | None = None,
                   formats: Sequence[str] = ("md",)) -> Path:
     from cist_bench.report import build_report
@@ -118,47 +178,66 @@ def _write_report(sources: list[str], output: Path, *, title: str | None = None,
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from cist_bench.report import ReportError
+
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     unknown = set(formats) - {"md", "csv"}
     if unknown:
-        print(f"error: --format: unknown format(s) {sorted(unknown)}; expected md, csv",
-              file=sys.stderr)
+        print(f"error: --format: unknown format(s) {sorted(unknown)}; expected md, csv", file=sys.stderr)
         return EXIT_BAD_INPUT
     for source in args.sources:
         if not Path(source).exists():
-            print(f"error: {source}: no such results directory, records file or suite",
-                  file=sys.stderr)
+            print(f"error: {source}: no such results directory, records file or suite", file=sys.stderr)
             return EXIT_BAD_INPUT
     stem = Path(args.sources[0]).stem if len(args.sources) == 1 else "report"
     output = Path(args.output or Path("reports") / f"{stem}.md")
-    print(_write_report(args.sources, output, formats=formats))
+    try:
+        print(_write_report(args.sources, output, formats=formats))
+    except (ReportError, ValueError) as err:  # unreadable records, a record schema version, ...
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return EXIT_OK
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
     what = args.what
     if what == "losses":
-        from cist_bench.losses import list_losses, loss_params
+        from cist_bench.losses import LOSSES, list_losses, loss_params
 
         for name in list_losses():
             params = ", ".join(f"{p.name}={p.default!r}" for p in loss_params(name).values())
-            print(f"{name:<18} {params}")
+            free = "" if LOSSES.get(name).needs_teacher else "  [no teacher]"
+            print(f"{name:<18} {params}{free}")
     elif what == "models":
         from cist_bench.models import list_models
 
         print("\n".join(list_models()))
         print("timm/<architecture>   any timm model (e.g. timm/resnet18), randomly initialised")
+        print("hf/<path or hub name> a Hugging Face causal LM (hf/smollm2-135m loads offline)")
     elif what == "tasks":
         from cist_bench.data import TASKS, list_tasks
 
         for name in list_tasks():
-            cls = TASKS.get(name)
-            print(f"{name:<16} {cls.kind}")
+            print(f"{name:<16} {TASKS.get(name).kind}")
+    elif what == "executors":
+        from cist_bench.runner.executors import EXECUTORS
+
+        for name in EXECUTORS.names():
+            doc = (sys.modules.get(f"cist_bench.runner.executors.{name}") or
+                   __import__(f"cist_bench.runner.executors.{name}", fromlist=["EXECUTOR"])).__doc__ or ""
+            print(f"{name:<8} {doc.strip().splitlines()[0] if doc.strip() else ''}")
     elif what == "suites":
         from cist_bench.config import list_suites
 
         for path in list_suites(args.root):
             print(path)
+    return EXIT_OK
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from cist_bench.config import suite_json_schema
+
+    print(json.dumps(suite_json_schema(), indent=args.indent, ensure_ascii=False))
     return EXIT_OK
 
 
@@ -170,49 +249,66 @@ def build_parser() -> argparse.ArgumentParser:
     def suite_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("suite", help="suite YAML file")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a suite value, e.g. --set train.epochs=1 (repeatable)")
+                       help="override a suite value, e.g. --set train.optimizer.lr=1e-3 (repeatable)")
         p.add_argument("--assume-throughput", type=float, default=DEFAULT_ASSUMED_THROUGHPUT,
                        help="samples/s per worker used for the compute estimate")
 
+    def ray_args(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("--address", default=None,
+                       help="Ray cluster address (or RAY_ADDRESS); default: start a local Ray")
+        p.add_argument("--output", default=None, help=f"{what} directory (default outputs/<suite>)")
+        p.add_argument("--max-concurrent", type=int, default=None, help="trials at once")
+        p.add_argument("--executor", default=None,
+                       help="auto (default): Ray Train for multi-worker/GPU runs, the trial process for "
+                            "single-worker CPU runs; or a registered executor (cist-bench ls executors)")
+        p.add_argument("--max-failures", type=int, default=1,
+                       help="restarts of a crashed run (from its checkpoint) before it is failed")
+        p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
+        p.add_argument("--storage", default=None,
+                       help="Ray Train storage path/URI (shared storage on multi-node clusters)")
+        p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+        p.add_argument("--progress-interval", type=float, default=15.0, metavar="SECONDS",
+                       help="seconds between the progress lines about the trials in flight (epoch k/N and "
+                            "the latest validation metric); finished trials print at once")
+
     run = sub.add_parser("run", help="run a suite's campaign on Ray and write its report")
     suite_args(run)
-    run.add_argument("--address", default=None,
-                     help="Ray cluster address (or RAY_ADDRESS); default: start a local Ray")
-    run.add_argument("--output", default=None, help="results directory (default outputs/<suite>)")
-    run.add_argument("--max-concurrent", type=int, default=None, help="runs at once")
-    run.add_argument("--executor", choices=["auto", "train", "local"], default=None,
-                     help="auto (default): Ray Train for multi-worker/GPU runs, the trial "
-                          "process for single-worker CPU runs; train: Ray Train for every run")
-    run.add_argument("--max-failures", type=int, default=1,
-                     help="restarts of a crashed run (from its checkpoint) before it is failed")
-    run.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
-    run.add_argument("--storage", default=None,
-                     help="Ray Train storage path/URI (shared storage on multi-node clusters)")
+    ray_args(run, "results")
     run.add_argument("--report", default=None, help="report path (default reports/<suite>.md)")
     run.add_argument("--no-report", action="store_true", help="do not write the report")
-    run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     run.set_defaults(func=_cmd_run)
+
+    tune = sub.add_parser("tune", help="search a suite's hyperparameters on Ray Tune (equal budgets, ASHA)")
+    suite_args(tune)
+    ray_args(tune, "search")
+    tune.add_argument("--num-samples", type=int, default=None,
+                      help="trials per (task, pair, method), overriding search.num_samples")
+    tune.add_argument("--resume", action="store_true",
+                      help="continue the interrupted search in --output (finished trials are kept)")
+    tune.add_argument("--teachers-cache", default=None,
+                      help="where teachers are trained and cached (default <output>/teachers_cache); e.g. "
+                           "the run campaign's <output>/teachers_cache, to train them once for both")
+    tune.set_defaults(func=_cmd_tune)
 
     validate = sub.add_parser("validate", help="check a suite without running it")
     suite_args(validate)
     validate.set_defaults(func=_cmd_validate)
 
     report = sub.add_parser("report", help="build a markdown report from stored records")
-    report.add_argument("sources", nargs="+",
-                        help="results directories, records .jsonl files or suite files")
+    report.add_argument("sources", nargs="+", help="results directories, records .jsonl files or suite files")
     report.add_argument("-o", "--output", default=None, help="markdown path")
     report.add_argument("--format", default="md", help="comma-separated: md, csv")
     report.set_defaults(func=_cmd_report)
 
-    ls = sub.add_parser("ls", help="list registered losses, models, tasks or suites")
-    ls.add_argument("what", choices=["losses", "models", "tasks", "suites"], nargs="?",
+    ls = sub.add_parser("ls", help="list registered losses, models, tasks, executors or suites")
+    ls.add_argument("what", choices=["losses", "models", "tasks", "executors", "suites"], nargs="?",
                     default="losses")
     ls.add_argument("--root", default="suites", help="where to look for suites")
     ls.set_defaults(func=_cmd_ls)
 
-    from cist_bench.search.cli import add_tune_parser  # imports neither Ray nor torch
-
-    add_tune_parser(sub)
+    schema = sub.add_parser("schema", help="print the JSON Schema of suite files (for editors)")
+    schema.add_argument("--indent", type=int, default=1)
+    schema.set_defaults(func=_cmd_schema)
     return parser
 
 

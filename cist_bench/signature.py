@@ -113,7 +113,13 @@ def check_kwargs(owner: str, fn: Callable[..., Any], kwargs: Mapping[str, Any],
     :class:`UnknownNameError` for an unknown name (with a did-you-mean) and
     :class:`HyperparameterTypeError` for a wrong type; both name the field.
     """
-    params = params_of(fn)
+    return check_params(owner, params_of(fn), kwargs, field_prefix)
+
+
+def check_params(owner: str, params: Mapping[str, Param], kwargs: Mapping[str, Any],
+                 field_prefix: str = "") -> dict[str, Any]:
+    """:func:`check_kwargs` against declared ``params`` (for callables taking ``**kwargs`` that
+    declare their options some other way)."""
     out: dict[str, Any] = {}
     for key, value in kwargs.items():
         field = f"{field_prefix}{key}"

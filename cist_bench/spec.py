@@ -1,70 +1,98 @@
-"""Typed, frozen descriptions of one distillation run (and of a teacher recipe).
+"""Typed, frozen descriptions of one distillation run: the schema of everything a suite sets.
 
 A :class:`RunSpec` is everything that determines a run's outcome: task, student, teacher,
-loss, optimisation recipe and seed. Its :func:`spec_id` is a hash of its canonical JSON, so
-the same run always gets the same id (no timestamps) and a campaign can tell which runs are
-already done. Specs are plain data: building them from YAML and checking every name against
-its registry happens in :mod:`cist_bench.config`.
+loss, optimisation recipe and seed. Its :attr:`~RunSpec.run_id` is a hash of its canonical
+JSON, so the same run always gets the same id (no timestamps) and a campaign can tell which
+runs are already done; the suite builder stores every spec *resolved* (every default of the
+loss, the models and the task written out, :mod:`cist_bench.config.resolve`), so the id changes
+whenever an effective setting does, a default included.
+
+These classes are the one declaration of these settings: pydantic checks types and ranges when
+a spec is built from data (:func:`from_dict`), the suite schema (:mod:`cist_bench.config.schema`)
+is made of them, and the JSON Schema of suite files is derived from them. Numbers are strict:
+an int may stand for a float, but a string (``"5e-4"``) or a bool never stands for a number.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
-import types
-import typing
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from cist_bench.errors import ConfigError, HyperparameterTypeError, UnknownNameError
-from cist_bench.registry import did_you_mean
-from cist_bench.signature import coerce, type_name
+from pydantic import ConfigDict, Field, Strict, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+from cist_bench.errors import ConfigError
 
 T = TypeVar("T")
 
+#: frozen, unknown keys refused, attribute docstrings become JSON-Schema descriptions
+SPEC_CONFIG = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-@dataclass(frozen=True)
+# Strict scalar types: an int widens to a float; a string or a bool is never a number.
+Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+Bool = StrictBool
+Str = StrictStr
+Options = dict[StrictStr, Any]
+
+
+@dataclass(frozen=True, config=SPEC_CONFIG)
 class TaskSpec:
     """A registered task and its options (e.g. ``train_size``, ``val_size``, ``augment``)."""
 
-    name: str
-    options: dict[str, Any] = field(default_factory=dict)
+    name: Str
+    """a registered task (``cist-bench ls tasks``)"""
+    options: Options = dataclasses.field(default_factory=dict)
+    """the task's options, checked against what the task declares"""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SPEC_CONFIG)
 class ModelSpec:
     """A registered model (or ``timm/…``, ``hf/…``) and its builder options."""
 
-    name: str
-    options: dict[str, Any] = field(default_factory=dict)
+    name: Str
+    """a registered model (``cist-bench ls models``), ``timm/<arch>`` or ``hf/<path or hub name>``"""
+    options: Options = dataclasses.field(default_factory=dict)
+    """the builder's options, checked against what it declares (never num_classes/in_chans)"""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SPEC_CONFIG)
 class LossSpec:
     """A registered loss, its hyperparameters, and the method label shown in reports
     (e.g. ``kd+ls`` for ``kd`` with ``logit_standardize: true``); defaults to the name."""
 
-    name: str
-    hparams: dict[str, Any] = field(default_factory=dict)
-    label: str | None = None
+    name: Str
+    hparams: Options = dataclasses.field(default_factory=dict)
+    label: Str | None = None
 
     @property
     def method(self) -> str:
         return self.label or self.name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SPEC_CONFIG)
 class OptimizerSpec:
     name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
+    """sgd (with momentum) or adamw"""
+    lr: PositiveFloat = 0.05
+    """peak learning rate"""
+    momentum: NonNegativeFloat = 0.9
+    """SGD momentum"""
+    weight_decay: NonNegativeFloat = 5e-4
+    """L2 (SGD) or decoupled (AdamW) weight decay"""
+    nesterov: Bool = False
+    """Nesterov momentum (SGD)"""
+    betas: tuple[Float, Float] = (0.9, 0.999)
+    """AdamW's betas"""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SPEC_CONFIG)
 class ScheduleSpec:
     """Learning-rate schedule, stepped per iteration.
 
@@ -74,31 +102,39 @@ class ScheduleSpec:
     """
 
     name: Literal["multistep", "cosine", "constant"] = "multistep"
-    milestones: tuple[float, ...] = ()
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
+    """multistep (× gamma at each milestone), cosine (to 0) or constant"""
+    milestones: tuple[Float, ...] = ()
+    """epochs at which multistep multiplies the learning rate by gamma"""
+    gamma: PositiveFloat = 0.1
+    """multistep's factor"""
+    warmup_epochs: NonNegativeFloat = 0.0
+    """linear warm-up from 0, in epochs (fractions allowed)"""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SPEC_CONFIG)
 class TrainSpec:
     """How a model is optimised; shared by students and teacher recipes."""
 
-    epochs: int = 1
-    batch_size: int = 64
-    eval_batch_size: int = 512
-    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
-    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
-    grad_clip: float | None = None
-    #: mixed precision: ``auto`` = bf16 autocast on a GPU that supports it, off on CPU
+    epochs: PositiveInt = 1
+    """training epochs"""
+    batch_size: PositiveInt = 64
+    """training batch size (per worker)"""
+    eval_batch_size: PositiveInt = 512
+    """evaluation batch size (per worker)"""
+    optimizer: OptimizerSpec = dataclasses.field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = dataclasses.field(default_factory=ScheduleSpec)
+    grad_clip: PositiveFloat | None = None
+    """clip the gradient norm to this value (none: no clipping)"""
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
-    #: DataLoader worker processes (0 = load in the training process)
-    loader_workers: int = 0
-    #: vision models and images in channels-last memory format: the same numbers, faster
-    #: convolutions and pooling on CPU (1.5-3x measured here) and on GPUs with AMP
-    channels_last: bool = True
+    """mixed precision: auto = bf16 autocast on a GPU that supports it, off on CPU"""
+    loader_workers: NonNegativeInt = 0
+    """DataLoader worker processes (0 = load in the training process)"""
+    channels_last: Bool = True
+    """vision models and images in channels-last memory format: the same numbers, faster
+    convolutions on CPU (1.5-3x measured here) and on GPUs with AMP"""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SPEC_CONFIG)
 class TeacherSpec:
     """A teacher: a **checkpoint** (``checkpoint`` path, optional ``sha256``), a **recipe**
     (``train`` + ``seed``, trained once on ``task`` — the run's task when omitted — and cached
@@ -106,30 +142,40 @@ class TeacherSpec:
     its own weights, e.g. ``hf/smollm2-135m``)."""
 
     model: ModelSpec
-    checkpoint: str | None = None
-    sha256: str | None = None
+    checkpoint: Str | None = None
+    """a state-dict file (relative to the suite file that names it)"""
+    sha256: Annotated[Str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    """the checkpoint's sha256, checked before use"""
     train: TrainSpec | None = None
-    seed: int = 0
+    """a training recipe (in a suite: merged over the suite's train)"""
+    seed: NonNegativeInt = 0
+    """the recipe's seed"""
     task: TaskSpec | None = None
-    pretrained: bool = False
-    #: reuse teacher logits for inputs without random augmentation (computed once per split)
-    cache_outputs: bool = True
-    #: keep only the top-k logits (+ log-normaliser) in that cache; None = dense up to a
-    #: 4096-entry vocabulary, top-64 above
-    output_topk: int | None = None
+    """the task the recipe trains on (default: the run's task)"""
+    pretrained: Bool = False
+    """the model loads its own weights (e.g. hf/smollm2-135m)"""
+    cache_outputs: Bool = True
+    """reuse teacher logits for inputs without random augmentation (computed once per split)"""
+    output_topk: PositiveInt | None = None
+    """keep only the top-k logits (+ log-normaliser) in that cache; none = dense up to a
+    4096-entry vocabulary, top-64 above"""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SPEC_CONFIG)
 class ResourceSpec:
     """What a run asks of the cluster (Ray Train ``ScalingConfig``)."""
 
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 1.0
+    num_workers: PositiveInt = 1
+    """data-parallel workers (Ray Train when > 1)"""
+    use_gpu: Bool = False
+    """one GPU (or gpus_per_worker of one) per worker"""
+    cpus_per_worker: PositiveFloat = 1.0
+    """CPUs per worker"""
+    gpus_per_worker: NonNegativeFloat = 1.0
+    """GPUs per worker when use_gpu"""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=SPEC_CONFIG)
 class RunSpec:
     """One distillation run: a student trained against a frozen teacher with one loss."""
 
@@ -138,10 +184,10 @@ class RunSpec:
     loss: LossSpec
     train: TrainSpec
     teacher: TeacherSpec | None = None
-    seed: int = 0
-    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    seed: NonNegativeInt = 0
+    resources: ResourceSpec = dataclasses.field(default_factory=ResourceSpec)
     #: the teacher→student pair's display name (e.g. ``cnn_large→cnn_small``)
-    pair: str | None = None
+    pair: Str | None = None
 
     @property
     def run_id(self) -> str:
@@ -173,74 +219,31 @@ def spec_id(spec: Any, length: int = 16) -> str:
     return hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:length]
 
 
+@functools.cache
+def adapter(cls: Any) -> TypeAdapter:
+    """The (cached) pydantic validator of a spec class or any type."""
+    return TypeAdapter(cls)
+
+
+def render_loc(loc: tuple[str | int, ...]) -> str:
+    """``("tasks", "digits", "pairs", 0, "name")`` → ``tasks.digits.pairs[0].name``."""
+    out = ""
+    for seg in loc:
+        out += f"[{seg}]" if isinstance(seg, int) else (f".{seg}" if out else str(seg))
+    return out
+
+
 def from_dict(cls: type[T], data: Any, path: str = "") -> T:
-    """Build dataclass ``cls`` from plain data, checking every key and type.
+    """Build spec class ``cls`` from plain data, checking every key, type and range.
 
-    Unknown keys, missing required keys and wrong types raise a
-    :class:`~cist_bench.errors.ConfigError` whose ``field`` is the dotted path (``path``
-    prefixes it), e.g. ``train.optimizer.lr``.
+    A problem raises :class:`~cist_bench.errors.ConfigError` whose ``field`` is the dotted
+    path of the first offending value (``path`` prefixes it), e.g. ``train.optimizer.lr``.
     """
-    where = path or cls.__name__
-    if not isinstance(data, dict):
-        raise HyperparameterTypeError(f"{where}: expected a mapping, got {data!r}", field=path)
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        sub = f"{path}.{key}" if path else str(key)
-        if key not in fields:
-            raise UnknownNameError(
-                f"{sub}: unknown field; {did_you_mean(str(key), list(fields))}", field=sub
-            )
-        kwargs[key] = _convert(hints[key], value, sub)
-    for name, f in fields.items():
-        if name not in kwargs and f.default is dataclasses.MISSING and \
-                f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-            sub = f"{path}.{name}" if path else name
-            raise ConfigError(f"{sub}: required field is missing", field=sub)
-    return cls(**kwargs)
-
-
-def _convert(annotation: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if dataclasses.is_dataclass(annotation):
-        return from_dict(annotation, value, path)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        # A mapping for ``SomeSpec | None`` must become that dataclass: let its own error (which
-        # names the offending nested field) through instead of a vague "expected X or null".
-        dc_arms = [a for a in args if dataclasses.is_dataclass(a)]
-        if isinstance(value, dict) and len(dc_arms) == 1:
-            return from_dict(dc_arms[0], value, path)
-        for arm in args:
-            if arm is type(None):
-                continue
-            try:
-                return _convert(arm, value, path)
-            except (ConfigError, TypeError):
-                continue
-        raise HyperparameterTypeError(
-            f"{path}: expected {type_name(annotation)}, got {value!r}", field=path
-        )
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise HyperparameterTypeError(f"{path}: expected a list, got {value!r}", field=path)
-        arms = args if not (len(args) == 2 and args[1] is Ellipsis) else (args[0],) * len(value)
-        if len(arms) != len(value):
-            raise HyperparameterTypeError(
-                f"{path}: expected {len(arms)} values, got {len(value)}", field=path
-            )
-        return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(arms, value, strict=False)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise HyperparameterTypeError(f"{path}: expected a mapping, got {value!r}", field=path)
-        return dict(value)
     try:
-        return coerce(value, annotation)
-    except TypeError:
-        raise HyperparameterTypeError(
-            f"{path}: expected {type_name(annotation)}, got {value!r} ({type(value).__name__})",
-            field=path,
-        ) from None
+        return adapter(cls).validate_python(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(s for s in err["loc"] if isinstance(s, (str, int)))
+        field = render_loc(((path,) if path else ()) + loc) or None
+        raise ConfigError(f"{field or cls.__name__}: {err['msg']}, got {err.get('input')!r}",
+                          field=field) from None

@@ -18,6 +18,7 @@ import yaml
 from cist_bench.config import Suite, SuiteError, check_data, list_suites, load_suite
 from cist_bench.data import create_task
 from cist_bench.errors import ConfigError
+from cist_bench.losses import resolve_hparams
 
 BASE: dict[str, Any] = {
     "name": "unit",
@@ -50,6 +51,8 @@ BASE: dict[str, Any] = {
         },
     },
 }
+
+KD_DEFAULTS = resolve_hparams("kd", {})
 
 
 def write(path: Path, data: dict[str, Any] | str) -> Path:
@@ -91,17 +94,17 @@ def test_expands_to_the_exact_product_in_order(suite: Suite) -> None:
         for s in (0, 1)
     ]
     assert len({r.run_id for r in runs}) == len(runs) == 12
-    for r in runs:
-        assert r.task.options == {"train_size": 200, "val_size": 50}
+    for r in runs:  # resolved: every option of the task, defaults included
+        assert r.task.options == {**create_task("digits").options, "train_size": 200, "val_size": 50}
         assert r.resources.num_workers == 1 and r.pair is not None
 
 
 def test_overrides_land_in_the_right_runs(suite: Suite) -> None:
     by = {(r.pair_name, r.loss.method, r.seed): r for r in suite.runs()}
-    # per-pair hparams override: only pair 0's kd uses temperature 2
-    assert by["tiny_cnn→tiny_mlp", "kd", 0].loss.hparams == {"temperature": 2.0}
-    assert by["cnn→cnn", "kd", 0].loss.hparams == {"temperature": 4.0}
-    assert by["cnn→cnn", "cist", 1].loss.hparams == {"tau_min": 1.0, "tau_max": 20.0}
+    # per-pair hparams override: only pair 0's kd uses temperature 2 (hparams are resolved)
+    assert by["tiny_cnn→tiny_mlp", "kd", 0].loss.hparams == {**KD_DEFAULTS, "temperature": 2.0}
+    assert by["cnn→cnn", "kd", 0].loss.hparams == {**KD_DEFAULTS, "temperature": 4.0}
+    assert by["cnn→cnn", "cist", 1].loss.hparams == resolve_hparams("cist", {"tau_min": 1.0, "tau_max": 20.0})
     # per-method train override beats suite and pair; pair train beats suite
     assert by["tiny_cnn→tiny_mlp", "cist", 0].train.epochs == 5
     assert by["tiny_cnn→tiny_mlp", "kd", 0].train.epochs == 2
@@ -121,6 +124,7 @@ def test_overrides_land_in_the_right_runs(suite: Suite) -> None:
     assert t1 is not None and t1.train is not None
     assert (t1.train.epochs, t1.train.batch_size, t1.seed) == (1, 32, 1)
     assert by["cnn→cnn", "ce", 0].student.options == {"width": 4}
+    assert by["tiny_cnn→tiny_mlp", "ce", 0].student.options == {"input_size": 8, "hidden": 32}  # defaults
 
 
 def test_run_ids_are_stable_and_local(tmp_path: Path) -> None:
@@ -150,8 +154,8 @@ def test_task_methods_default_to_all_and_pair_names_default(tmp_path: Path) -> N
 
     runs = load_suite(suite_file(tmp_path, edit)).runs()
     assert [r.loss.method for r in runs[:4]] == ["ce", "kd", "kd+ls", "cist"]
-    assert runs[2].loss == runs[2].loss.__class__("kd", {"logit_standardize": True, "temperature": 2.0},
-                                                    "kd+ls")
+    assert runs[2].loss == runs[2].loss.__class__(
+        "kd", {**KD_DEFAULTS, "logit_standardize": True, "temperature": 2.0}, "kd+ls")
     assert runs[0].pair == "tiny_cnn→tiny_mlp" and runs[-1].pair == "cnn→cnn"
     assert {r.seed for r in runs} == {3}
 
@@ -163,7 +167,8 @@ def test_plan(suite: Suite) -> None:
     assert plan["per_method"] == {"ce": 4, "kd": 4, "cist": 4}
     assert len(plan["teachers"]) == 2
     assert sorted(t["epochs"] for t in plan["teachers"]) == [1, 3]
-    assert all(t["train_examples"] == 200 and t["runs"] == 6 for t in plan["teachers"])
+    # the runs that distil from each teacher: kd and cist × 2 seeds (ce is teacher-free)
+    assert all(t["train_examples"] == 200 and t["runs"] == 4 for t in plan["teachers"])
     # (2+2+5 epochs) × 2 pairs × 2 seeds, 200 examples each
     assert plan["compute"]["student_epochs"] == 36
     assert plan["compute"]["student_examples"] == 36 * 200
@@ -257,7 +262,7 @@ def test_set_overrides(tmp_path: Path) -> None:
     assert by["tiny_cnn→tiny_mlp", "cist"].train.epochs == 5  # method override still wins
     assert by["tiny_cnn→tiny_mlp", "ce"].train.grad_clip == 1.0
     assert by["tiny_cnn→tiny_mlp", "ce"].train.optimizer.weight_decay == 0.0
-    assert by["cnn→cnn", "kd"].loss.hparams == {"temperature": 3.0}
+    assert by["cnn→cnn", "kd"].loss.hparams == {**KD_DEFAULTS, "temperature": 3.0}
     assert by["cnn→cnn", "kd"].student.name == "tiny_mlp"
     assert runs[0].task.options["train_size"] == 100
     assert s.max_concurrent == 4
@@ -362,7 +367,7 @@ MALFORMED = {
     "task_option_value": (_set("tasks/digits/options/train_size", 0),
                           "tasks.digits.options.train_size", ">= 1"),
     "missing_data": (_fashion_missing, "tasks.fashion_mnist", "apt-get install -y dataset-fashion-mnist"),
-    "empty_seeds": (_set("seeds", []), "seeds", "non-empty"),
+    "empty_seeds": (_set("seeds", []), "seeds", "expected a non-empty list"),
     "duplicate_seeds": (_set("seeds", [1, 1]), "seeds", "duplicate"),
     "undefined_label": (_set("tasks/digits/methods", ["ce", "kdd"]), "tasks.digits.methods[1]",
                         "did you mean 'kd'"),
@@ -382,12 +387,12 @@ MALFORMED = {
                    "tasks.digits.pairs[0].teacher.train.optimizer.lr", "> 0"),
     "teacher_train_key": (_set(f"{P0}/teacher/train", {"optimizer": {"lrr": 0.1}}),
                           "tasks.digits.pairs[0].teacher.train.optimizer.lrr", "did you mean 'lr'"),
-    "epochs_type": (_set("train/epochs", "three"), "train.epochs", "expected int"),
+    "epochs_type": (_set("train/epochs", "three"), "train.epochs", "expected an int, got a string 'three'"),
     "optimizer_name": (_set("methods/cist/train", {"optimizer": {"name": "adam"}}),
                        "methods.cist.train.optimizer.name", "'sgd' or 'adamw'"),
     "num_workers": (_set("resources/num_workers", 0), "resources.num_workers", ">= 1"),
-    "resources_key": (_set("resources/gpus", 1), "resources.gpus", "unknown field"),
-    "executor": (_set("executor", "ray"), "executor", "auto, train, local"),
+    "resources_key": (_set("resources/gpus", 1), "resources.gpus", "unknown key; did you mean"),
+    "executor": (_set("executor", "ray"), "executor", "expected one of auto, local, train"),
     "max_concurrent": (_set("max_concurrent", 0), "max_concurrent", ">= 1"),
     "method_key": (_set("methods/kd/hparam", {}), "methods.kd.hparam", "did you mean 'hparams'"),
     "pair_key": (_set(f"{P0}/studnet", {}), "tasks.digits.pairs[0].studnet", "did you mean 'student'"),
@@ -483,8 +488,106 @@ def test_timm_hf_models_and_teacher_task(tmp_path: Path) -> None:
     runs = s.runs()
     assert runs[0].student.name == "timm/resnet18" and runs[-1].student.name == "hf/gpt2"
     assert runs[-1].teacher is not None and runs[-1].teacher.task is not None
-    assert runs[-1].teacher.task.options == {"val_size": 100}
+    assert runs[-1].teacher.task.options["val_size"] == 100
     assert sorted(t["train_examples"] for t in s.plan()["teachers"]) == [200, 1438 - 100]
 
     with pytest.raises(SuiteError, match=r"pairs\[0\]\.student\.name: unknown timm model 'resnet_18'"):
         load_suite(suite_file(tmp_path, _set(f"{P0}/student/name", "timm/resnet_18")))
+
+
+# --------------------------------------------------------------- numbers, options, run ids
+
+
+def test_numbers_as_ml_users_write_them(tmp_path: Path) -> None:
+    text = yaml.safe_dump(BASE, allow_unicode=True, sort_keys=False)
+    assert "    lr: 0.05\n" in text and "  epochs: 2\n" in text
+    text = text.replace("    lr: 0.05\n", "    lr: 1e-3\n    weight_decay: 5e-4\n    momentum: .5\n", 1).replace(
+        "  epochs: 2\n", "  epochs: 2\n  grad_clip: 1E+1\n", 1)
+    text = text.replace("description: tiny suite for tests", "description: 1e3 images")
+    path = write(tmp_path / "numbers.yaml", text)
+    assert "lr: 1e-3" in path.read_text() and "weight_decay: 5e-4" in path.read_text()
+    s = load_suite(path)
+    opt = s.runs()[0].train.optimizer
+    assert (opt.lr, opt.weight_decay, opt.momentum) == (1e-3, 5e-4, 0.5)
+    assert s.runs()[0].train.grad_clip == 10.0 and s.description == "1e3 images"  # strings stay strings
+    s = load_suite(suite_file(tmp_path), ["train.optimizer.lr=1e-3", "methods.kd.hparams.temperature=2E0",
+                                          "train.optimizer.weight_decay=.5"])
+    by = {r.loss.method: r for r in s.runs()}
+    assert by["kd"].train.optimizer.lr == 1e-3 and by["kd"].train.optimizer.weight_decay == 0.5
+    assert by["kd"].loss.hparams["temperature"] == 2.0
+    # a string where a number belongs is still refused, naming the field
+    with pytest.raises(SuiteError, match=r"train\.optimizer\.lr: expected a number, got a string '1e-3x'"):
+        load_suite(suite_file(tmp_path), ["train.optimizer.lr=1e-3x"])
+    with pytest.raises(SuiteError, match=r"train\.optimizer\.lr: expected a number, got a string '5e-4'"):
+        load_suite(suite_file(tmp_path), ["train.optimizer.lr='5e-4'"])  # quoted: a string on purpose
+
+
+def test_options_of_kwargs_builders_are_checked_against_what_they_declare(tmp_path: Path) -> None:
+    def lm(student: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+        def edit(d: dict[str, Any]) -> None:
+            d["tasks"] = {"kjv_lm": {"options": {"train_size": 64, "val_size": 16, "test_size": 16,
+                                                 "block_size": 32},
+                                     "methods": ["ce"], "pairs": [{"student": student}]}}
+        return edit
+
+    runs = load_suite(suite_file(tmp_path, lm({"name": "gpt_tiny", "options": {"n_layer": 1}}))).runs()
+    assert runs[0].student.options["n_layer"] == 1 and runs[0].student.options["n_embd"] == 64
+    assert "block_size" not in runs[0].student.options  # sized from the task by the engine
+    with pytest.raises(SuiteError) as err:
+        load_suite(suite_file(tmp_path, lm({"name": "gpt_tiny", "options": {"n_layr": 1}})))
+    assert err.value.field == "tasks.kjv_lm.pairs[0].student.options.n_layr"
+    assert "did you mean 'n_layer'" in str(err.value)
+    with pytest.raises(SuiteError, match=r"options\.n_layer: model 'gpt_tiny': n_layer must be int"):
+        load_suite(suite_file(tmp_path, lm({"name": "gpt_tiny", "options": {"n_layer": "two"}})))
+    # the text builders and the hf/ builder declare their options too
+    with pytest.raises(SuiteError, match=r"student\.options\.embed_dims: .*did you mean 'embed_dim'"):
+        load_suite(suite_file(tmp_path, lm({"name": "bag_of_embeddings", "options": {"embed_dims": 8}})))
+    with pytest.raises(SuiteError, match=r"student\.options\.dtpye: .*did you mean 'dtype'"):
+        load_suite(suite_file(tmp_path, lm({"name": "hf/gpt2", "options": {"dtpye": "float32"}})))
+    pytest.importorskip("transformers")
+    runs = load_suite(suite_file(tmp_path, lm({"name": "hf_tiny_llama", "options": {"hidden_size": 32}}))).runs()
+    assert runs[0].student.options["hidden_size"] == 32 and runs[0].student.options["num_hidden_layers"] == 2
+    with pytest.raises(SuiteError, match=r"options\.hiden_size: .*did you mean 'hidden_size'"):
+        load_suite(suite_file(tmp_path, lm({"name": "hf_tiny_llama", "options": {"hiden_size": 32}})))
+
+
+def test_a_pair_without_a_teacher_needs_teacher_free_methods(tmp_path: Path) -> None:
+    def edit(d: dict[str, Any]) -> None:
+        del pair(d, 0)["teacher"]
+
+    with pytest.raises(SuiteError, match=r"pairs\[0\]\.teacher: required key is missing: method 'kd'"):
+        load_suite(suite_file(tmp_path, edit))
+
+    def ce_only(d: dict[str, Any]) -> None:
+        edit(d)
+        del pair(d, 0)["hparams"]
+        d["tasks"]["digits"]["methods"] = ["ce"]
+
+    runs = load_suite(suite_file(tmp_path, ce_only)).runs()
+    assert runs[0].teacher is None and runs[0].pair_name == "none→tiny_mlp"
+
+
+def test_run_ids_hash_the_resolved_spec_defaults_included(tmp_path: Path, monkeypatch) -> None:
+    from cist_bench.losses.kd import KD
+
+    ids = [r.run_id for r in load_suite(suite_file(tmp_path)).runs()]
+    # writing a default out changes nothing: ids follow the effective settings
+    explicit = load_suite(suite_file(tmp_path, _set("methods/kd/hparams", {
+        "temperature": 4.0, "ce_weight": 1.0, "kd_weight": 1.0, "logit_standardize": False}),
+        name="explicit.yaml")).runs()
+    assert [r.run_id for r in explicit] == ids
+    # a loss whose default changes: its runs get new ids (a stored record is not reused), others not
+    defaults = dict(KD.__init__.__kwdefaults__)
+    monkeypatch.setattr(KD.__init__, "__kwdefaults__", {**defaults, "ce_weight": 0.5})
+    changed = load_suite(suite_file(tmp_path)).runs()
+    moved = {(r.pair_name, r.loss.method) for r, old in zip(changed, ids, strict=True) if r.run_id != old}
+    assert moved == {("tiny_cnn→tiny_mlp", "kd"), ("cnn→cnn", "kd")}
+    assert {r.loss.hparams["ce_weight"] for r in changed if r.loss.method == "kd"} == {0.5}
+    monkeypatch.setattr(KD.__init__, "__kwdefaults__", defaults)
+    # the same for a model option's default and a task option's default
+    from cist_bench.models import MODELS
+
+    tiny_mlp = MODELS.get("tiny_mlp")
+    monkeypatch.setattr(tiny_mlp, "__kwdefaults__", {**tiny_mlp.__kwdefaults__, "hidden": 16})
+    moved = [r for r, old in zip(load_suite(suite_file(tmp_path)).runs(), ids, strict=True) if r.run_id != old]
+    assert {r.pair_name for r in moved} == {"tiny_cnn→tiny_mlp"} and len(moved) == 6

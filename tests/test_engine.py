@@ -15,6 +15,9 @@ from cist_bench.engine import MemoryHooks, RunFailedError, evaluate, train_run
 from cist_bench.engine.distributed import DistInfo, ShardSampler
 from cist_bench.engine.optim import lr_factor
 from cist_bench.engine.stats import StatsAccumulator
+from cist_bench.engine.teacher import TeacherError, TeacherRuntime, densify_topk, teacher_id, topk_compress
+from cist_bench.models.frozen import FrozenTeacher
+from cist_bench.runner.teachers import ensure_teacher
 from cist_bench.spec import (
     LossSpec,
     ModelSpec,
@@ -26,13 +29,6 @@ from cist_bench.spec import (
     TrainSpec,
     from_dict,
     to_dict,
-)
-from cist_bench.teachers import (
-    FrozenTeacher,
-    TeacherError,
-    densify_topk,
-    resolve_teacher,
-    topk_compress,
 )
 
 TRAIN = TrainSpec(epochs=3, batch_size=64, schedule=ScheduleSpec(name="cosine"))
@@ -46,6 +42,12 @@ def digits_run(loss: str = "cist", **changes) -> RunSpec:
     return dataclasses.replace(spec, **changes)
 
 
+def train(spec: RunSpec, hooks=None, *, cache):
+    """The engine on ``spec``, its recipe teacher made ready first (the runner's part)."""
+    teacher = ensure_teacher(spec.teacher, spec.task, cache_root=cache) if spec.teacher else None
+    return train_run(spec, hooks, teacher=teacher, cache_root=cache)
+
+
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CIST_BENCH_CACHE", str(tmp_path / "cache"))
@@ -54,28 +56,28 @@ def cache(tmp_path, monkeypatch):
 
 def test_run_outcome_is_complete(cache) -> None:
     hooks = MemoryHooks()
-    out = train_run(digits_run(), hooks, cache_root=cache)
-    assert [h["epoch"] for h in out["history"]] == [1, 2, 3]
+    out = train(digits_run(), hooks, cache=cache)
+    assert [h["epoch"] for h in out.history] == [1, 2, 3]
     assert len(hooks.reports) == 3 and hooks.state is not None
-    assert 1 <= out["selected_epoch"] <= 3
+    assert 1 <= out.selected_epoch <= 3
     for split in ("test", "test_last", "val", "val_last"):
-        assert 0.0 <= out["metrics"][split]["accuracy"] <= 1.0
-    assert out["primary_metric"] == {"name": "accuracy", "higher_is_better": True}
-    assert out["teacher"]["test"]["accuracy"] > 0.3  # a trained teacher, not chance (0.1)
+        assert 0.0 <= out.metrics[split]["accuracy"] <= 1.0
+    assert out.primary_metric == {"name": "accuracy", "higher_is_better": True}
+    assert out.teacher["test"]["accuracy"] > 0.3  # a trained teacher, not chance (0.1)
     for split in ("train", "val", "test"):
-        d = out["diagnostics"][split]
+        d = out.diagnostics[split]
         assert {"tau_t_mean", "tau_t_std", "teacher_entropy_mean", "teacher_entropy_std",
                 "weight_mean"} <= set(d)
         assert d["weight_mean"] == pytest.approx(1.0, abs=1e-4)
-    assert out["timing"]["samples_per_second"] > 0
+    assert out.timing["samples_per_second"] > 0
     # the selected epoch's validation accuracy is the best one
-    best = max(h["val"]["accuracy"] for h in out["history"])
-    assert out["metrics"]["val"]["accuracy"] == best
+    best = max(h["val"]["accuracy"] for h in out.history)
+    assert out.metrics["val"]["accuracy"] == best
 
 
 def test_same_seed_same_result_and_resume_is_exact(cache) -> None:
     spec = digits_run("kd")
-    full = train_run(spec, MemoryHooks(), cache_root=cache)
+    full = train(spec, MemoryHooks(), cache=cache)
 
     class StopAfterEpoch(MemoryHooks):
         def report(self, metrics, state):
@@ -85,24 +87,46 @@ def test_same_seed_same_result_and_resume_is_exact(cache) -> None:
 
     first = StopAfterEpoch()
     with pytest.raises(KeyboardInterrupt):
-        train_run(spec, first, cache_root=cache)
+        train(spec, first, cache=cache)
     resumed_hooks = MemoryHooks(resume_from=first.state)
-    resumed = train_run(spec, resumed_hooks, cache_root=cache)
+    resumed = train(spec, resumed_hooks, cache=cache)
     assert [r["epoch"] for r in resumed_hooks.reports] == [3]
-    assert resumed["metrics"] == full["metrics"]
-    assert [h["val"] for h in resumed["history"]] == [h["val"] for h in full["history"]]
+    assert resumed.metrics == full.metrics
+    assert [h["val"] for h in resumed.history] == [h["val"] for h in full.history]
 
 
 def test_non_finite_loss_fails_the_run_with_reason(cache) -> None:
     spec = digits_run("kd", train=dataclasses.replace(
         TRAIN, optimizer=OptimizerSpec(lr=1e12), schedule=ScheduleSpec(name="constant")))
     with pytest.raises(RunFailedError, match="non-finite loss"):
-        train_run(spec, cache_root=cache)
+        train(spec, cache=cache)
+
+
+def test_engine_loads_but_never_trains_a_recipe_teacher(cache) -> None:
+    """Training a missing recipe teacher is the runner's part (cist_bench.runner.teachers)."""
+    with pytest.raises(TeacherError, match="not trained yet"):
+        train_run(digits_run("kd"), cache_root=cache)
+    assert not list(cache.glob("teachers/*/model.pt"))
+    ensure_teacher(TEACHER, TaskSpec("digits"), cache_root=cache)
+    out = train_run(digits_run("kd"), cache_root=cache)  # now trained: the engine loads it
+    assert out.teacher["test"]["accuracy"] > 0.3
+
+
+def test_teacher_free_loss_never_needs_its_teacher(cache) -> None:
+    """A ce run names its pair's (untrained) recipe teacher; the engine neither loads nor trains
+    it, and the runner does not count it as a teacher to train."""
+    from cist_bench.runner.teachers import needs_teacher, teachers_to_train
+
+    spec = digits_run("ce")
+    out = train_run(spec, cache_root=cache)
+    assert out.teacher is None and not (cache / "teachers").exists()
+    assert not needs_teacher(spec) and teachers_to_train([spec], cache) == {}
+    assert set(teachers_to_train([spec, digits_run("kd")], cache)) == {teacher_id(TEACHER, spec.task)}
 
 
 def test_learnable_loss_parameters_are_optimised(cache) -> None:
-    out = train_run(digits_run("ctkd"), cache_root=cache)
-    temps = [h["train_stats"]["tau_t_mean"] for h in out["history"]]
+    out = train(digits_run("ctkd"), cache=cache)
+    temps = [h["train_stats"]["tau_t_mean"] for h in out.history]
     assert len(set(round(t, 6) for t in temps)) > 1  # CTKD's temperature moved
 
 
@@ -116,11 +140,11 @@ def test_lm_run_on_kjv(cache) -> None:
                                        train=TrainSpec(epochs=1, batch_size=16,
                                                        optimizer=OptimizerSpec(name="adamw",
                                                                                lr=3e-3))))
-    out = train_run(spec, cache_root=cache)
-    ppl = out["metrics"]["test"]["perplexity"]
+    out = train(spec, cache=cache)
+    ppl = out.metrics["test"]["perplexity"]
     vocab = create_task("kjv_lm", block_size=32).num_classes
     assert 1.0 < ppl < vocab * 2
-    assert out["primary_metric"] == {"name": "perplexity", "higher_is_better": False}
+    assert out.primary_metric == {"name": "perplexity", "higher_is_better": False}
 
 
 # ------------------------------------------------------------------------------ teachers
@@ -128,16 +152,16 @@ def test_lm_run_on_kjv(cache) -> None:
 
 def test_recipe_teacher_trains_once_and_is_reused(cache) -> None:
     run = digits_run()
-    a = resolve_teacher(TEACHER, run.task, cache_root=cache)
+    a = ensure_teacher(TEACHER, run.task, cache_root=cache)
     weights = next((cache / "teachers").glob("*/model.pt"))
     stamp = weights.stat().st_mtime_ns
-    b = resolve_teacher(TEACHER, run.task, cache_root=cache)
+    b = ensure_teacher(TEACHER, run.task, cache_root=cache)
     assert weights.stat().st_mtime_ns == stamp  # not retrained
     assert a.id == b.id and a.metrics is not None
     for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(),
                                   strict=True):
         assert ka == kb and torch.equal(va, vb)
-    other = resolve_teacher(dataclasses.replace(TEACHER, seed=2), run.task, cache_root=cache)
+    other = ensure_teacher(dataclasses.replace(TEACHER, seed=2), run.task, cache_root=cache)
     assert other.id != a.id and len(list((cache / "teachers").glob("*/model.pt"))) == 2
 
 
@@ -150,14 +174,14 @@ def test_checkpoint_teacher_sha256_verified(tmp_path, cache) -> None:
     torch.save(model.state_dict(), path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     spec = TeacherSpec(model=ModelSpec("tiny_cnn"), checkpoint=str(path), sha256=digest)
-    loaded = resolve_teacher(spec, TaskSpec("digits"), cache_root=cache)
+    loaded = ensure_teacher(spec, TaskSpec("digits"), cache_root=cache)
     assert torch.equal(next(iter(loaded.model.state_dict().values())),
                        next(iter(model.state_dict().values())))
     bad = dataclasses.replace(spec, sha256="0" * 64)
     with pytest.raises(TeacherError, match="sha256 mismatch"):
-        resolve_teacher(bad, TaskSpec("digits"), cache_root=cache)
+        ensure_teacher(bad, TaskSpec("digits"), cache_root=cache)
     with pytest.raises(TeacherError, match="not found"):
-        resolve_teacher(dataclasses.replace(spec, checkpoint=str(tmp_path / "nope.pt")),
+        ensure_teacher(dataclasses.replace(spec, checkpoint=str(tmp_path / "nope.pt")),
                         TaskSpec("digits"), cache_root=cache)
 
 
@@ -187,10 +211,8 @@ def test_topk_cache_keeps_topk_probabilities_and_tail_mass() -> None:
 
 
 def test_teacher_output_cache_matches_live_logits(cache) -> None:
-    from cist_bench.teachers import TeacherRuntime
-
     task = create_task("digits")
-    loaded = resolve_teacher(TEACHER, TaskSpec("digits"), cache_root=cache)
+    loaded = ensure_teacher(TEACHER, TaskSpec("digits"), cache_root=cache)
     rt = TeacherRuntime(loaded, task, TEACHER, TaskSpec("digits"), device=torch.device("cpu"),
                         cache_root=cache)
     val = task.splits()["val"]

@@ -26,7 +26,7 @@ from cist_bench.report import (
     render,
 )
 from cist_bench.report.load import task_metric
-from cist_bench.results import ResultStore, read_jsonl
+from cist_bench.results import RecordVersionError, ReportRoles, ResultStore, read_jsonl, read_record
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 RECORDS = FIXTURES / "records.jsonl"
@@ -34,10 +34,15 @@ EXPECTED = FIXTURES / "expected.md"
 VISION_A, VISION_B, LM = "resnet56→resnet20", "wrn_40_2→wrn_16_2", "gpt_large→gpt_small"
 
 
+def _raw(path: Path) -> list[dict]:
+    """The JSON lines of ``path`` as they are on disk (no record type in between)."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def _by_key(task: str, pair: str, method: str) -> dict[int, float]:
     """Seed -> test primary metric of the fixture's ok runs, read straight from the file."""
     metric = "accuracy" if task == "cifar100" else "perplexity"
-    return {r["seed"]: r["metrics"]["test"][metric] for r in read_jsonl(RECORDS)
+    return {r["seed"]: r["metrics"]["test"][metric] for r in _raw(RECORDS)
             if (r["task"], r["pair"], r["method"], r["status"]) == (task, pair, method, "ok")}
 
 
@@ -84,16 +89,18 @@ def test_golden_markdown(built: Path, markdown: str) -> None:
             assert (folder / name).stat().st_size > 0
             assert f"]({name})" in markdown
     exported = read_jsonl(folder / "report.records.jsonl")
-    ids = [r["run_id"] for r in exported]
+    ids = [r.run_id for r in exported]
     assert ids == sorted(ids) and len(ids) == 36
-    assert exported == sorted(read_jsonl(RECORDS), key=lambda r: r["run_id"])
+    # the fixture is of schema version 1: exported upgraded to the current version, same content
+    assert {r["schema_version"] for r in _raw(folder / "report.records.jsonl")} == {2}
+    assert exported == sorted(read_jsonl(RECORDS), key=lambda r: r.run_id)
 
 
 def test_determinism(tmp_path: Path, markdown: str) -> None:
     again = build_report([RECORDS], tmp_path / "report.md")
     assert again.read_bytes() == markdown.encode("utf-8")
     # no "now": every date in the report is a finish time of a record
-    finished = {r["finished"][:10] for r in read_jsonl(RECORDS)}
+    finished = {r["finished"][:10] for r in _raw(RECORDS)}
     assert set(re.findall(r"\d{4}-\d{2}-\d{2}", markdown)) <= finished
 
 
@@ -194,20 +201,23 @@ def test_direction_awareness_for_perplexity(markdown: str) -> None:
 
 
 def test_nll_is_never_the_headline() -> None:
-    recs = [{"status": "ok", "primary_metric": {"name": "nll", "higher_is_better": False},
-             "metric_directions": {"nll": False, "perplexity": False, "token_accuracy": True}}]
+    recs = [_record("t", "a→b", "kd", 0, 0.5, primary_metric={"name": "nll", "higher_is_better": False},
+                    metric_directions={"nll": False, "perplexity": False, "token_accuracy": True})]
     assert task_metric(recs) == ("perplexity", False)
 
 
 # ----------------------------------------------------------------------- sources and formats
 
 
-def _record(task: str, pair: str, method: str, seed: int, value: float, **extra) -> dict:
-    return {"run_id": f"{task}-{pair}-{method}-{seed}", "suite": "s", "task": task, "pair": pair,
-            "method": method, "seed": seed, "status": "ok", "error": None,
-            "metrics": {"test": {"accuracy": value}, "test_last": {"accuracy": value},
-                        "val": {"accuracy": value}},
-            "primary_metric": {"name": "accuracy", "higher_is_better": True}, **extra}
+SPEC = {"task": {"name": "digits"}, "student": {"name": "tiny_mlp"}, "loss": {"name": "kd"}, "train": {}}
+
+
+def _record(task: str, pair: str, method: str, seed: int, value: float, **extra):
+    return read_record({
+        "schema_version": 2, "run_id": f"{task}-{pair}-{method}-{seed}", "suite": "s", "task": task,
+        "pair": pair, "method": method, "seed": seed, "status": "ok", "error": None, "spec": SPEC,
+        "metrics": {"test": {"accuracy": value}, "test_last": {"accuracy": value}, "val": {"accuracy": value}},
+        "primary_metric": {"name": "accuracy", "higher_is_better": True}, **extra})
 
 
 def test_sources_directory_jsonl_suite_and_duplicates(tmp_path: Path) -> None:
@@ -219,7 +229,7 @@ def test_sources_directory_jsonl_suite_and_duplicates(tmp_path: Path) -> None:
     suite.write_text("name: vision_small\nseeds: [0]\n", encoding="utf-8")
     frame = load_records([suite, RECORDS], results_root=tmp_path / "outputs")
     assert len(frame) == 36 and frame["run_id"].is_unique
-    assert list(frame["run_id"]) == sorted(r["run_id"] for r in records)
+    assert list(frame["run_id"]) == sorted(r.run_id for r in records)
     assert len(load_records(store.root)) == 20
     with pytest.raises(ReportError, match="no results directory"):
         load_records([suite], results_root=tmp_path / "elsewhere")
@@ -243,14 +253,13 @@ def test_search_section_only_with_search_records() -> None:
             for s, v in enumerate(vs)]
     md, _ = render(records_frame(base), stem="x")
     assert "## Search" not in md
-    trials = [_record("t", "a→b", "kd", 0, v, search={"name": "tau", "budget": 4, "early_stopped": i == 2,
-                                                      "config": {"temperature": t}})
+    trials = [_record("t", "a→b", "kd", 0, v, run_id=f"trial-{i}", search={
+        "name": "tau", "id": "s1", "group": "g", "budget": {"num_samples": 4}, "objective": {}, "trial_index": i,
+        "early_stopped": i == 2, "config": {"temperature": t}, "hparams": {"temperature": t}})
               for i, (v, t) in enumerate(((0.58, 2.0), (0.61, 4.0), (0.40, 8.0)))]
-    for i, t in enumerate(trials):
-        t["run_id"] = f"trial-{i}"
     md, _ = render(records_frame(base + trials), stem="x")
     row = _row(_section(md, "## Search"), "tau", "t", "a→b", "kd")
-    assert row[4:9] == ["4", "3", "0", "1", "`trial-1`"] and row[-1] == '{"temperature":4.0}'
+    assert row[4:9] == ['{"num_samples":4}', "3", "0", "1", "`trial-1`"] and row[-1] == '{"temperature":4.0}'
     # search trials stay out of the leaderboard
     assert _row(_section(md, "### Leaderboard: validation-selected checkpoint"), "a→b")[2].endswith("(n=3)")
 
@@ -271,7 +280,7 @@ def test_records_file_round_trip_and_several_sources(tmp_path: Path) -> None:
     again = build_report([exported], tmp_path / "y.md", plots=False)
     assert again.read_text(encoding="utf-8").replace("y.records.jsonl", "x.records.jsonl") == first
     # vision and language records from separate sources make one document, sections per task
-    records = read_jsonl(RECORDS)
+    records = _raw(RECORDS)
     for task in ("cifar100", "tinystories"):
         (tmp_path / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records
                                                         if r["task"] == task), encoding="utf-8")
@@ -279,4 +288,45 @@ def test_records_file_round_trip_and_several_sources(tmp_path: Path) -> None:
                         plots=False)
     assert both.read_text(encoding="utf-8") == first
     assert json.loads(exported.read_text(encoding="utf-8").splitlines()[0])["run_id"] == \
-        min(r["run_id"] for r in read_jsonl(RECORDS))
+        min(r["run_id"] for r in _raw(RECORDS))
+
+
+# ------------------------------------------------------------------ record versions, roles
+
+
+def test_a_version_1_record_is_upgraded_on_read() -> None:
+    """A record written by cist_bench before typed records (quickstart, schema version 1)."""
+    data = json.loads((Path(__file__).parent / "fixtures" / "record_v1.json").read_text(encoding="utf-8"))
+    assert data["schema_version"] == 1 and "git_commit" in data and "provenance" not in data
+    record = read_record(data)
+    assert record.schema_version == 2 and record.provenance.git_commit == data["git_commit"]
+    assert record.provenance.versions == data["versions"] and record.metrics == data["metrics"]
+    assert record.spec.task.name == data["task"] and record.roles is None
+
+
+def test_records_of_another_version_are_refused_with_what_to_do(tmp_path: Path) -> None:
+    newer = {**_raw(RECORDS)[0], "schema_version": 9}
+    with pytest.raises(RecordVersionError, match="version 9; this cist_bench reads versions 1, 2. Upgrade"):
+        read_record(newer)
+    (tmp_path / "new.jsonl").write_text(json.dumps(newer) + "\n", encoding="utf-8")
+    with pytest.raises(ReportError, match="Upgrade cist_bench"):
+        load_records([tmp_path / "new.jsonl"])
+    from cist_bench.cli import main
+
+    assert main(["report", str(tmp_path / "new.jsonl"), "-o", str(tmp_path / "r.md")]) == 2
+    with pytest.raises(RecordVersionError, match="version None"):
+        read_record({k: v for k, v in newer.items() if k != "schema_version"})
+
+
+def test_report_roles_come_from_the_records() -> None:
+    roles = {"proposed": "dkd", "reference": "ce", "baseline": "kd"}
+    recs = [_record("t", "a→b", m, s, v + 0.01 * s, roles=roles)
+            for m, v in (("kd", 0.5), ("ce", 0.55), ("dkd", 0.6)) for s in range(3)]
+    md, _ = render(records_frame(recs), stem="x")
+    assert "**Roles:** proposed `dkd`, reference `ce` (the Δ rows), baseline `kd`" in md
+    assert "### `dkd` against each baseline, paired by seed" in md and "### `dkd`: wins, ties" in md
+    board = _section(md, "### Leaderboard: validation-selected checkpoint")
+    assert _row(board, "↳ Δ vs ce (pp)") and "kd (student alone)" in board
+    # the defaults when no record names roles; explicit roles win over the records'
+    md, _ = render(records_frame(recs), stem="x", roles=ReportRoles(), roles_note="the CLI")
+    assert "### `cist` against each baseline" in md and "from the CLI" in md

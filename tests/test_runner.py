@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from cist_bench.config.resolve import resolve_run
 from cist_bench.data import create_task
 from cist_bench.engine import evaluate
+from cist_bench.engine.batches import build_model
 from cist_bench.engine.distributed import DistInfo
-from cist_bench.engine.loop import build_model
 from cist_bench.results import ResultStore
-from cist_bench.runner import run_campaign
-from cist_bench.runner.trial import FAULT_ENV
+from cist_bench.runner.campaign import run_campaign
+from cist_bench.runner.unit import FAULT_ENV
 from cist_bench.spec import (
     LossSpec,
     ModelSpec,
@@ -37,9 +38,10 @@ TEACHER = TeacherSpec(model=ModelSpec("tiny_cnn"), seed=1,
 
 
 def run(loss: str = "kd", seed: int = 0, **changes) -> RunSpec:
+    """A resolved spec (what a suite gives the campaign), so its run id is the record's."""
     spec = RunSpec(task=TaskSpec("digits"), student=ModelSpec("tiny_mlp"), loss=LossSpec(loss),
                    train=TRAIN, teacher=TEACHER, seed=seed)
-    return dataclasses.replace(spec, **changes)
+    return resolve_run(dataclasses.replace(spec, **changes))
 
 
 FAULTY = run("kd", seed=7, train=dataclasses.replace(TRAIN, epochs=3))
@@ -61,7 +63,7 @@ def ray_cluster(tmp_path_factory):
 
 
 def records(out: Path) -> list[dict]:
-    return ResultStore(out).records()
+    return [r.to_json() for r in ResultStore(out).records()]
 
 
 def test_campaign_runs_through_tune_and_train_and_skips_done_runs(ray_cluster, tmp_path) -> None:
@@ -74,8 +76,7 @@ def test_campaign_runs_through_tune_and_train_and_skips_done_runs(ray_cluster, t
         assert r["status"] == "ok" and r["resources"]["executor"] == "train"
         assert len(r["history"]) == 2 and r["metrics"]["test"]["accuracy"] > 0.1
         assert r["teacher_metrics"]["test"]["accuracy"] > 0.3
-        assert r["git_commit"] is not None or True  # outside a checkout it may be None
-        assert r["versions"]["ray"] and r["versions"]["torch"]
+        assert r["provenance"]["versions"]["ray"] and r["provenance"]["versions"]["torch"]
     stamps = {r["run_id"]: r["finished"] for r in recs}
     again = run_campaign(runs, tmp_path, suite="t", executor="train")
     assert (again.skipped, again.ok, again.failed) == (2, 0, 0)  # no new training
@@ -113,8 +114,9 @@ def test_worker_that_raises_once_resumes_from_its_checkpoint(ray_cluster, tmp_pa
     assert res.ok == 1
     rec = records(tmp_path)[0]
     assert [h["epoch"] for h in rec["history"]] == [1, 2, 3]  # epochs 1-2 restored, not redone
-    ckpts = list((tmp_path / "ray" / "train" / f"run-{FAULTY.run_id}").glob("checkpoint_*"))
-    assert ckpts, "Ray Train kept the run's checkpoint"
+    assert rec["attempts"] == 1  # one Tune trial: the worker group was restarted by Ray Train
+    # once the record is final, the finished Train run is removed: a rerun would start afresh
+    assert not (tmp_path / "ray" / "train" / f"run-{FAULTY.run_id}").exists()
 
 
 def test_two_worker_ddp_metrics_equal_single_process_evaluation(ray_cluster, tmp_path) -> None:
@@ -140,9 +142,36 @@ def test_record_is_self_describing(ray_cluster, tmp_path) -> None:
     run_campaign([spec], tmp_path, suite="describe", executor="local")
     rec = json.loads((tmp_path / "records" / f"{spec.run_id}.json").read_text())
     for key in ("schema_version", "spec", "status", "metrics", "metric_directions", "history",
-                "diagnostics", "timing", "resources", "git_commit", "versions", "suite"):
+                "diagnostics", "timing", "resources", "provenance", "suite", "roles"):
         assert key in rec
+    assert rec["schema_version"] == 2 and rec["provenance"]["versions"]["torch"]
+    assert rec["roles"] == {"proposed": "cist", "reference": "kd", "baseline": "ce"}
+    assert rec["spec"]["loss"]["hparams"]["tau_max"] == 20.0  # resolved: defaults included
     assert rec["metric_directions"]["accuracy"] is True and rec["metric_directions"]["nll"] is False
     assert rec["suite"] == "describe" and rec["method"] == "cist" and rec["seed"] == 5
     assert rec["timing"]["samples_per_second"] > 0 and rec["timing"]["wall_seconds"] > 0
     assert rec["history"][0]["train_stats"]["weight_mean"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_teacher_free_runs_train_no_teacher_and_wait_for_none(ray_cluster, tmp_path) -> None:
+    """A ce run names its pair's recipe teacher; the campaign neither trains nor loads it."""
+    spec = run("ce", 6)
+    res = run_campaign([spec], tmp_path, executor="local")
+    assert res.ok == 1
+    assert not list((tmp_path / "teachers_cache").glob("teachers/*/model.pt"))
+    rec = records(tmp_path)[0]
+    assert rec["teacher_metrics"] is None and rec["spec"]["teacher"]["model"]["name"] == "tiny_cnn"
+
+
+def test_campaign_progress_and_the_one_trial_function(ray_cluster, tmp_path, capfd) -> None:
+    """Per-epoch progress of the runs in flight reaches the terminal; the Tune experiment's
+    trainable is the trial function `tune` uses too; Tune wrote TensorBoard event files."""
+    spec = run("kd", 8, train=dataclasses.replace(TRAIN, epochs=3))
+    run_campaign([spec], tmp_path, suite="prog", executor="local", progress_interval=0.0)
+    err = capfd.readouterr().err
+    assert "digits tiny_cnn→tiny_mlp kd seed 8: epoch 1/3 val_accuracy" in err, err[-2000:]
+    assert "prog 1/1 ok 1" in err
+    (state,) = (tmp_path / "ray" / "tune").glob("prog-*/experiment_state-*.json")
+    assert '"trainable_name\\": \\"run_trial\\"' in state.read_text() or \
+        '"trainable_name": "run_trial"' in state.read_text()
+    assert list((tmp_path / "ray" / "tune").glob(f"prog-*/{spec.run_id}/events.out.tfevents.*"))

@@ -3,7 +3,6 @@ on local Ray, best_hparams.yaml consumed by a run suite, and resume after a SIGK
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -18,11 +17,10 @@ import ray
 import yaml
 from conftest import SESSION_MARK, kill_marked, kill_pids, sigkill_tree
 
-from cist_bench.config.suite import SuiteError, _Builder, _load_tree, load_suite
-from cist_bench.runner.trial import FAULT_ENV
-from cist_bench.search import apply_hparams_from
-from cist_bench.search.cli import add_tune_parser, cmd_tune
-from cist_bench.search.config import load_search_suite
+from cist_bench.cli import main
+from cist_bench.config import SuiteError, load_suite
+from cist_bench.losses import resolve_hparams
+from cist_bench.runner.unit import FAULT_ENV
 from cist_bench.search.space import SpaceError, parse_dim, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,15 +76,9 @@ def write(tmp_path: Path, text: str, name: str = "suite.yaml") -> Path:
     return path
 
 
-def load_run_suite(path: Path, overrides: list[str] = ()):  # type: ignore[assignment]
-    """What ``load_suite`` does once it calls ``apply_hparams_from`` (cist_bench/search/hparams.py)."""
-    data, origins = _load_tree(path, (), None)
-    apply_hparams_from(data, origins.lookup(("hparams_from",), path))
-    from cist_bench.config.suite import _apply_override
-
-    for text in overrides:
-        _apply_override(data, origins, path, text)
-    return _Builder(path, data, origins, True).build()
+def load_search_suite(path: Path, overrides: list[str] = (), num_samples: int | None = None):  # type: ignore[assignment]
+    """The search plan of a tune suite, as ``cist-bench tune`` loads it."""
+    return load_suite(path, overrides, num_samples=num_samples, need_search=True).search
 
 
 # ------------------------------------------------------------------------------ spaces, plans
@@ -137,7 +129,7 @@ def test_grid_search_enumerates_equal_grids(tmp_path) -> None:
         "kd: {temperature: {grid: [2.0, 4.0]}, kd_weight: {grid: [0.5, 1.0]}}").replace(
         CIST_SPACE, "cist: {tau_min: {grid: [0.5, 1.0]}, ratio: {choice: [1.0, 2.0]}}")
     s = load_search_suite(write(tmp_path, text))
-    assert s.search.num_samples == 4
+    assert s.num_samples == 4
     assert [t.config for t in s.groups[0].trials] == [
         {"temperature": 2.0, "kd_weight": 0.5}, {"temperature": 2.0, "kd_weight": 1.0},
         {"temperature": 4.0, "kd_weight": 0.5}, {"temperature": 4.0, "kd_weight": 1.0}]
@@ -170,7 +162,8 @@ MALFORMED = {
     "reduction factor 1": (("reduction_factor: 3", "reduction_factor: 1"), "search.scheduler.reduction_factor",
                            "> 1"),
     "unknown search key": (("num_samples: 4", "num_sample: 4"), "search.num_sample", "did you mean 'num_samples'"),
-    "unknown algorithm": (("algorithm: random", "algorithm: bayes"), "search.algorithm", "random, grid, optuna"),
+    "unknown algorithm": (("algorithm: random", "algorithm: bayes"), "search.algorithm",
+                          "'random', 'grid' or 'optuna'"),
     "space for an unknown method": (("    kd: {temperature",
                                      "    kdd: {x: {uniform: [0, 1]}}\n    kd: {temperature"),
                                     "search.spaces.kdd", "did you mean 'kd'"),
@@ -178,7 +171,7 @@ MALFORMED = {
     "wrong hyperparameter type": (("kd_weight: {uniform: [0.5, 2.0]}", "kd_weight: {choice: [low, high]}"),
                                   "search.spaces.kd.kd_weight", "kd_weight"),
     "misspelt search block": (("search:\n", "searchh:\n"), "searchh", "did you mean 'search'"),
-    "no search block": (("search:\n", "other:\n"), "search", "needs a `search:` block"),
+    "no search block": (("search:" + SUITE.split("\nsearch:", 1)[1], ""), "search", "needs a `search:` block"),
 }
 
 
@@ -191,10 +184,7 @@ def test_malformed_search_is_refused_before_ray_starts(tmp_path, case: str, caps
         load_search_suite(path)
     assert err.value.field == field, str(err.value)
     assert problem in str(err.value) and str(path) in str(err.value)
-    parser = argparse.ArgumentParser()
-    add_tune_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["tune", str(path), "--output", str(tmp_path / "out")])
-    assert cmd_tune(args) == 2
+    assert main(["tune", str(path), "--output", str(tmp_path / "out")]) == 2
     assert field in capsys.readouterr().err
     assert not ray.is_initialized() and not (tmp_path / "out").exists()
 
@@ -213,7 +203,7 @@ def test_optuna_is_optional(tmp_path) -> None:
 def test_overrides_reach_the_search_block(tmp_path) -> None:
     s = load_search_suite(write(tmp_path, SUITE), ["search.scheduler.name=fifo", "search.max_epochs=2",
                                                     "train.batch_size=32"])
-    assert s.search.budget()["scheduler"] == {"name": "fifo"}
+    assert s.budget()["scheduler"] == {"name": "fifo"}
     assert all(t.spec.train.epochs == 2 and t.spec.train.batch_size == 32 for g in s.groups for t in g.trials)
     with pytest.raises(SuiteError, match="search.max_epoch: .*did you mean 'max_epochs'"):
         load_search_suite(write(tmp_path, SUITE), ["search.max_epoch=2"])
@@ -226,40 +216,21 @@ def test_hparams_from_sets_the_tuned_values(tmp_path) -> None:
         "dkd": {"hparams": {"beta": 2.0}}}}}}
     (tmp_path / "best.yaml").write_text(yaml.safe_dump(best, allow_unicode=True))
     path = write(tmp_path, RUN_SUITE.replace("BEST", "best.yaml"), "run.yaml")
-    runs = load_run_suite(path).runs()
+    runs = load_suite(path).runs()
     hp = {(r.loss.method, r.seed): r.loss.hparams for r in runs}
-    assert hp[("kd", 1)] == {"temperature": 2.5, "kd_weight": 1.5} == hp[("kd", 2)]
-    assert hp[("cist", 2)] == {"tau_min": 1.5, "tau_max": 7.0, "ratio": 2.0}
-    assert hp[("ce", 1)] == {}
+    assert hp[("kd", 1)] == resolve_hparams("kd", {"temperature": 2.5, "kd_weight": 1.5}) == hp[("kd", 2)]
+    assert hp[("cist", 2)] == resolve_hparams("cist", {"tau_min": 1.5, "tau_max": 7.0, "ratio": 2.0})
+    assert hp[("ce", 1)] == resolve_hparams("ce", {})
     # an override still wins over a tuned value
-    runs = load_run_suite(path, ["tasks.digits.pairs[0].hparams.kd.temperature=3.0"]).runs()
+    runs = load_suite(path, ["tasks.digits.pairs[0].hparams.kd.temperature=3.0"]).runs()
     assert {r.loss.hparams["temperature"] for r in runs if r.loss.method == "kd"} == {3.0}
     # a file that tunes nothing this suite runs is an error naming hparams_from
     other = {"best": {"cifar100": {"a→b": {"kd": {"hparams": {"temperature": 2.0}}}}}}
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other, allow_unicode=True))
     with pytest.raises(SuiteError, match="hparams_from: .*runs none of them"):
-        load_run_suite(write(tmp_path, RUN_SUITE.replace("BEST", "other.yaml"), "run2.yaml"))
+        load_suite(write(tmp_path, RUN_SUITE.replace("BEST", "other.yaml"), "run2.yaml"))
     with pytest.raises(SuiteError, match="hparams_from: 'missing.yaml' not found"):
-        load_run_suite(write(tmp_path, RUN_SUITE.replace("BEST", "missing.yaml"), "run3.yaml"))
-
-
-def _load_suite_supports_hparams_from(tmp_path: Path) -> bool:
-    best = {"best": {"digits": {"tiny_cnn→tiny_mlp": {"kd": {"hparams": {"temperature": 2.5}}}}}}
-    (tmp_path / "probe.yaml").write_text(yaml.safe_dump(best, allow_unicode=True))
-    try:
-        load_suite(write(tmp_path, RUN_SUITE.replace("BEST", "probe.yaml"), "probe_run.yaml"), verify_data=False)
-    except SuiteError as err:
-        if err.field == "hparams_from":
-            return False
-        raise
-    return True
-
-
-def test_load_suite_consumes_hparams_from(tmp_path) -> None:
-    if not _load_suite_supports_hparams_from(tmp_path):
-        pytest.skip("load_suite does not call cist_bench.search.apply_hparams_from yet")
-    runs = load_suite(tmp_path / "probe_run.yaml").runs()
-    assert {r.loss.hparams["temperature"] for r in runs if r.loss.method == "kd"} == {2.5}
+        load_suite(write(tmp_path, RUN_SUITE.replace("BEST", "missing.yaml"), "run3.yaml"))
 
 
 # ------------------------------------------------------------------------------ on local Ray
@@ -351,7 +322,7 @@ def test_best_hparams_are_consumed_by_a_run_suite(search_output, tmp_path) -> No
         assert records[entry["run_id"]]["search"]["hparams"] == entry["hparams"]
     assert set(best["best"]["digits"]["tiny_cnn→tiny_mlp"]["cist"]["hparams"]) == {"tau_min", "tau_max", "ratio"}
     path = write(tmp_path, RUN_SUITE.replace("BEST", str(out / "best_hparams.yaml")), "run.yaml")
-    runs = load_run_suite(path).runs()
+    runs = load_suite(path).runs()
     assert {r.seed for r in runs} == {1, 2}
     for r in runs:
         tuned = best["best"]["digits"]["tiny_cnn→tiny_mlp"].get(r.loss.method)
@@ -378,7 +349,7 @@ def test_search_killed_with_sigkill_resumes_without_rerunning_finished_trials(tm
     suite = write(tmp_path, SIGKILL_SUITE)
     mark = uuid.uuid4().hex
     env = {**os.environ, SESSION_MARK: mark}
-    cmd = [sys.executable, "-m", "cist_bench.search.cli", "tune", str(suite), "--output", str(out),
+    cmd = [sys.executable, "-m", "cist_bench.cli", "tune", str(suite), "--output", str(out),
            "--num-cpus", "2"]
 
     def final(records: dict) -> dict:
@@ -416,3 +387,34 @@ def test_search_killed_with_sigkill_resumes_without_rerunning_finished_trials(tm
     # without --resume, an existing search is not overwritten
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert again.returncode == 2 and "--resume" in again.stderr
+
+
+DP_SUITE = (SUITE.replace("max_concurrent: 1\n",
+                          "max_concurrent: 1\nexecutor: train\nresources: {num_workers: 2}\n")
+            .replace("num_samples: 4", "num_samples: 2").replace("max_epochs: 3", "max_epochs: 2")
+            .replace("reduction_factor: 3", "reduction_factor: 2")
+            .replace("    methods: [kd, cist]\n", "    methods: [kd]\n").replace(f"    {CIST_SPACE}\n", ""))
+
+
+@pytest.mark.slow
+def test_a_search_of_data_parallel_trials_runs_on_ray_train_inside_tune(tmp_path) -> None:
+    """executor train, num_workers 2: every trial is a Ray Train run (DDP over 2 workers) inside its
+    Tune trial, reporting every epoch to Tune (Ray's Train/Tune interop) — through the same trial
+    function as a campaign's runs."""
+    from cist_bench.runner.search import run_search
+
+    suite = load_suite(write(tmp_path, DP_SUITE), need_search=True)
+    result = run_search(suite.search, tmp_path / "out", executor=suite.executor, num_cpus=2)
+    records = _records(tmp_path / "out")
+    assert len(records) == 2 and result.failed == 0
+    for r in records.values():
+        assert r["status"] == "ok" and r["resources"]["executor"] == "train"
+        assert r["resources"]["world_size"] == 2 and r["search"]["id"] == suite.search.id
+        # Tune saw every epoch the trial ran (TuneReportCallback forwards rank 0's reports)
+        (trial_dir,) = (tmp_path / "out" / "tune").glob(f"*/t{r['search']['trial_index']:03d}")
+        rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        assert [row["epoch"] for row in rows] == list(range(1, r["search"]["epochs_run"] + 1))
+        assert all("val_accuracy" in row for row in rows)
+    (state,) = (tmp_path / "out" / "tune").glob("*/experiment_state-*.json")
+    assert "run_trial" in state.read_text()
+    assert (tmp_path / "out" / "best_hparams.yaml").is_file()

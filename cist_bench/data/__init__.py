@@ -6,36 +6,28 @@
     acc = task.make_metric_accumulator()
     acc.update(logits, y); acc.compute()
 
-Built-in tasks are registered lazily (``"module:Class"``), so listing them imports nothing
-heavy. To add one, write a module with a :class:`~cist_bench.data.base.Task` subclass and add
-it to ``_BUILTIN`` below (or decorate it with ``@TASKS.register("name")``).
+Every module of this package registers its tasks (``@register_task`` on a
+:class:`~cist_bench.data.base.Task` subclass); the modules are found by listing the package, so
+adding a task is adding its file. They import nothing beyond torch and numpy at the top (data
+and optional libraries load on first use), so listing the tasks stays cheap.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
-from cist_bench.data.base import Metric, Option, Task
+from cist_bench.data.base import TASKS, Metric, Option, Task, register_task
 from cist_bench.data.metrics import (
     ClassificationAccumulator,
     LanguageModelingAccumulator,
     MetricAccumulator,
 )
-from cist_bench.registry import Registry
 
-TASKS: Registry[type[Task]] = Registry("task")
-
-_BUILTIN = {
-    "fashion_mnist": "cist_bench.data.fashion_mnist:FashionMNISTTask",
-    "digits": "cist_bench.data.digits:DigitsTask",
-    "cifar10": "cist_bench.data.cifar:CIFAR10Task",
-    "cifar100": "cist_bench.data.cifar:CIFAR100Task",
-    "imagenet": "cist_bench.data.imagenet:ImageNetTask",
-    "kjv_lm": "cist_bench.data.kjv_lm:KJVTask",
-    "wordnet_gloss": "cist_bench.data.wordnet_gloss:WordNetGlossTask",
-}
-for _name, _target in _BUILTIN.items():
-    TASKS.add(_name, _target)
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in ("base", "metrics"):
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 #: The task each kind falls back to when a suite names none; both work offline.
 DEFAULT_TASKS = {"image_classification": "fashion_mnist", "language_modeling": "kjv_lm"}
@@ -67,4 +59,5 @@ __all__ = [
     "Task",
     "create_task",
     "list_tasks",
+    "register_task",
 ]

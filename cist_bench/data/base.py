@@ -41,7 +41,7 @@ from cist_bench.data.metrics import (
     MetricAccumulator,
 )
 from cist_bench.errors import ConfigError, HyperparameterTypeError, UnknownNameError
-from cist_bench.registry import did_you_mean
+from cist_bench.registry import Registry, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -335,6 +335,16 @@ class TransformedSubset(Dataset):
 # --------------------------------------------------------------------------------------------
 # Tasks
 # --------------------------------------------------------------------------------------------
+
+
+#: every registered task class, by name (its ``name``); the task modules register themselves
+TASKS: Registry[type[Task]] = Registry("task")
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: register a :class:`Task` subclass under its ``name``."""
+    TASKS.add(cls.name, cls)
+    return cls
 
 
 class Task:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cist_bench.data.base import Option, VisionTask, cache_dir
+from cist_bench.data.base import Option, VisionTask, cache_dir, register_task
 from cist_bench.errors import DataNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class _CIFARTask(VisionTask):
         return self._tensor_splits(*train, *test, pad=self.PAD, flip=True)
 
 
+@register_task
 class CIFAR10Task(_CIFARTask):
     """CIFAR-10: 10 classes, accuracy."""
 
@@ -86,6 +87,7 @@ class CIFAR10Task(_CIFARTask):
     std = (0.2470, 0.2435, 0.2616)
 
 
+@register_task
 class CIFAR100Task(_CIFARTask):
     """CIFAR-100 (fine labels): 100 classes, accuracy and top-5."""
 

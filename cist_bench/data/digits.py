@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cist_bench.data.base import Option, VisionTask, count_or_fraction, seeded_permutation
+from cist_bench.data.base import Option, VisionTask, count_or_fraction, register_task, seeded_permutation
 from cist_bench.errors import DataNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.from_numpy(bunch.target.astype(np.int64))
 
 
+@register_task
 class DigitsTask(VisionTask):
     """8×8 digits; see the module docstring for splits and augmentation."""
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cist_bench.data.base import Option, VisionTask, cache_dir
+from cist_bench.data.base import Option, VisionTask, cache_dir, register_task
 from cist_bench.errors import DataNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ def load_arrays(files: tuple[tuple[str, str], ...]) -> dict[str, torch.Tensor]:
     return out
 
 
+@register_task
 class FashionMNISTTask(VisionTask):
     """Fashion-MNIST, 10 classes; see the module docstring for data, splits and augmentation."""
 

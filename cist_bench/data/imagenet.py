@@ -27,6 +27,7 @@ from cist_bench.data.base import (
     carve_validation,
     count_or_fraction,
     positive_int,
+    register_task,
     subsample_test,
 )
 from cist_bench.errors import DataNotFoundError
@@ -58,6 +59,7 @@ def scan_folder(path: str) -> Any:
         raise DataNotFoundError(f"{path}: {exc}. The imagenet task needs {INSTALL_HINT}") from exc
 
 
+@register_task
 class ImageNetTask(VisionTask):
     """ImageNet-style folder classification; see the module docstring."""
 

@@ -52,6 +52,7 @@ from cist_bench.data.base import (
     atomic_write_bytes,
     cache_dir,
     positive_int,
+    register_task,
     seeded_permutation,
     subsample_test,
 )
@@ -302,6 +303,7 @@ def _check_val_size(value: int | float) -> str | None:
     return None if value >= 0 else f"must be >= 0 windows, got {value!r}"
 
 
+@register_task
 class KJVTask(LanguageModelingTask):
     """KJV language modelling (characters or SmolLM2 tokens); see the module docstring."""
 

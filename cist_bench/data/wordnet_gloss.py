@@ -42,6 +42,7 @@ from cist_bench.data.base import (
     atomic_write_bytes,
     cache_dir,
     carve_validation,
+    register_task,
     seeded_permutation,
     subsample_test,
 )
@@ -218,6 +219,7 @@ def _check_max_length(value: Any) -> str | None:
     return None if value >= 2 else f"must be >= 2 ([CLS] and [SEP]), got {value!r}"
 
 
+@register_task
 class WordNetGlossTask(Task):
     """Gloss -> lexicographer file (45 classes); see the module docstring."""
 

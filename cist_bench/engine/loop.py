@@ -13,29 +13,37 @@ to Ray Train and checkpoints there; tests can keep checkpoints in memory).
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import time
 from collections.abc import Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from cist_bench.data import create_task
 from cist_bench.data.base import Task
+from cist_bench.engine.batches import (
+    amp_context,
+    build_model,
+    load_state_bytes,
+    make_loader,
+    resolve_device,
+    state_bytes,
+    to_device,
+)
 from cist_bench.engine.distributed import DistInfo, ShardSampler, all_reduce_sum, equal_train_batches
 from cist_bench.engine.optim import build_optimizer, build_scheduler
+from cist_bench.engine.outcome import Outcome
 from cist_bench.engine.seeding import seed_everything
 from cist_bench.engine.stats import StatsAccumulator
+from cist_bench.engine.teacher import LoadedTeacher, TeacherRuntime, load_teacher
 from cist_bench.losses import DistillationLoss, create_loss
-from cist_bench.models import MODELS, create_model
-from cist_bench.spec import ModelSpec, RunSpec, TrainSpec
+from cist_bench.spec import RunSpec, TrainSpec
 
 logger = logging.getLogger(__name__)
 
@@ -76,86 +84,6 @@ class MemoryHooks(Hooks):
         self.reports.append(metrics)
         if state is not None:
             self.state = state
-
-
-# --------------------------------------------------------------------------------- building
-
-
-def resolve_device(use_gpu: bool, info: DistInfo) -> torch.device:
-    if use_gpu and torch.cuda.is_available():
-        return torch.device("cuda", info.local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
-def build_model(spec: ModelSpec, task: Task) -> nn.Module:
-    """A model sized for ``task``: its classes (vocabulary) and input channels."""
-    options = dict(spec.options)
-    if task.kind == "image_classification":
-        options.setdefault("in_chans", task.input_shape[0])
-    elif task.kind == "language_modeling" and spec.name in MODELS:
-        # a context as long as the task's windows, unless the suite says otherwise
-        context_option = getattr(MODELS.get(spec.name), "context_option", None)
-        if context_option:
-            options.setdefault(context_option, task.input_shape[0])
-    return create_model(spec.name, num_classes=task.num_classes, **options)
-
-
-def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """Move a batch; 4-D image batches optionally in channels-last layout."""
-    if channels_last and x.dim() == 4:
-        return x.to(device, memory_format=torch.channels_last, non_blocking=True)
-    return x.to(device, non_blocking=True)
-
-
-def amp_context(amp: str, device: torch.device):
-    """bf16 autocast on a GPU that supports it for ``auto``/``bf16``; fp16 on request."""
-    if device.type != "cuda" or amp == "off":
-        return nullcontext()
-    if amp in ("auto", "bf16") and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if amp == "fp16":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return nullcontext()
-
-
-class IndexedDataset(Dataset):
-    """Yields ``(x, y, index)`` so cached teacher outputs can be looked up per sample."""
-
-    def __init__(self, base: Dataset) -> None:
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, i: int) -> tuple[Any, Any, int]:
-        x, y = self.base[i]
-        return x, y, i
-
-    def __getitems__(self, indices: list[int]) -> list[tuple[Any, Any, int]]:
-        getitems = getattr(self.base, "__getitems__", None)
-        items = getitems(indices) if getitems else [self.base[i] for i in indices]
-        return [(x, y, i) for (x, y), i in zip(items, indices, strict=True)]
-
-
-def make_loader(dataset: Dataset, batch_size: int, sampler: ShardSampler, workers: int,
-                device: torch.device, *, private_rng: bool = False) -> DataLoader:
-    """``private_rng``: draw the loader's seed from its own generator, so that evaluation (or
-    a cache being filled on first use) never shifts the training stream of random numbers."""
-    return DataLoader(IndexedDataset(dataset), batch_size=batch_size, sampler=sampler,
-                      num_workers=workers, pin_memory=device.type == "cuda",
-                      persistent_workers=workers > 0,
-                      generator=torch.Generator().manual_seed(0) if private_rng else None)
-
-
-def state_bytes(module: nn.Module) -> bytes:
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() if torch.is_tensor(v) else v
-                for k, v in module.state_dict().items()}, buf)
-    return buf.getvalue()
-
-
-def load_state_bytes(module: nn.Module, data: bytes) -> None:
-    module.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
 
 
 # --------------------------------------------------------------------------------- evaluation
@@ -219,16 +147,18 @@ def _is_better(value: float, best: float | None, higher_is_better: bool) -> bool
     return value > best if higher_is_better else value < best
 
 
-def train_run(spec: RunSpec, hooks: Hooks | None = None, *, cache_root: Path | None = None,
-              task: Task | None = None, distributed: bool = True) -> dict[str, Any]:
-    """Train one run; return its outcome (metrics, history, diagnostics, timing).
+def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeacher | None = None,
+              cache_root: Path | None = None, task: Task | None = None,
+              distributed: bool = True) -> Outcome:
+    """Train one run; return its :class:`~cist_bench.engine.outcome.Outcome`.
 
-    Raises :class:`RunFailedError` when the run cannot finish (non-finite loss); any other exception
+    ``teacher``: the run's teacher, loaded (the runner makes a recipe teacher ready first); when
+    it is not given and the loss distils, the engine loads it (a checkpoint, a pretrained model
+    or an already trained recipe: :func:`~cist_bench.engine.teacher.load_teacher`). Raises
+    :class:`RunFailedError` when the run cannot finish (non-finite loss); any other exception
     is a bug or an environment problem and propagates. ``distributed=False`` trains in this
     process alone even inside a process group (a teacher trained on demand by one worker).
     """
-    from cist_bench.teachers import TeacherRuntime, resolve_teacher  # teachers train via train_run
-
     hooks = hooks or Hooks()
     info = DistInfo.detect() if distributed else DistInfo()
     device = resolve_device(spec.resources.use_gpu, info)
@@ -245,9 +175,10 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, cache_root: Path | N
     loss_fn = create_loss(spec.loss.name, **spec.loss.hparams).to(device)
     teacher_runtime: TeacherRuntime | None = None
     if spec.teacher is not None and loss_fn.needs_teacher:
-        with torch.random.fork_rng(devices=[]):  # training a missing teacher reseeds
-            teacher_model = resolve_teacher(spec.teacher, spec.task, cache_root=cache_root)
-        teacher_runtime = TeacherRuntime(teacher_model, task, spec.teacher, spec.task, device=device,
+        if teacher is None:
+            with torch.random.fork_rng(devices=[]):  # building the model draws random weights
+                teacher = load_teacher(spec.teacher, spec.task, cache_root=cache_root)
+        teacher_runtime = TeacherRuntime(teacher, task, spec.teacher, spec.task, device=device,
                                          amp=train_cfg.amp, cache_root=cache_root,
                                          channels_last=channels_last)
     t_setup = time.perf_counter() - t_start
@@ -386,29 +317,29 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, cache_root: Path | N
         test_best = test_last
 
     teacher_metrics = teacher_runtime.metrics(info) if teacher_runtime is not None else None
-    return {
-        "metrics": {
+    return Outcome(
+        metrics={
             "test": test_best.metrics,
             "test_last": test_last.metrics,
             "val": history[best["epoch"]]["val"] if best["epoch"] is not None else {},
             "val_last": history[-1]["val"] if history else {},
         },
-        "primary_metric": {"name": primary.name, "higher_is_better": primary.higher_is_better},
-        "metric_directions": {m.name: m.higher_is_better for m in task.metrics},
-        "selected_epoch": (best["epoch"] + 1) if best["epoch"] is not None else None,
-        "diagnostics": {"test": test_best.stats, "val": history[-1]["val_stats"] if history else {},
-                        "train": history[-1]["train_stats"] if history else {}},
-        "teacher": teacher_metrics,
-        "history": history,
-        "timing": {"setup_seconds": t_setup, "train_seconds": train_seconds,
-                   "samples_per_second": train_samples / train_seconds if train_seconds else None,
-                   "total_seconds": time.perf_counter() - t_start},
-        "world_size": info.world_size,
-        "device": str(device),
-        "student_params": sum(p.numel() for p in student.parameters()),
-        "loss_hparams": loss_fn.hparams(),
-        "best_state": best["state"],
-    }
+        primary_metric={"name": primary.name, "higher_is_better": primary.higher_is_better},
+        metric_directions={m.name: m.higher_is_better for m in task.metrics},
+        selected_epoch=(best["epoch"] + 1) if best["epoch"] is not None else None,
+        diagnostics={"test": test_best.stats, "val": history[-1]["val_stats"] if history else {},
+                     "train": history[-1]["train_stats"] if history else {}},
+        teacher=teacher_metrics,
+        history=history,
+        timing={"setup_seconds": t_setup, "train_seconds": train_seconds,
+                "samples_per_second": train_samples / train_seconds if train_seconds else None,
+                "total_seconds": time.perf_counter() - t_start},
+        world_size=info.world_size,
+        device=str(device),
+        student_params=sum(p.numel() for p in student.parameters()),
+        loss_hparams=loss_fn.hparams(),
+        best_state=best["state"],
+    )
 
 
 def _take(loader: Iterable, n: int) -> Iterable:

@@ -1,6 +1,7 @@
 """The distillation objectives behind one API: ``create_loss(name, **hparams)``.
 
-Every method lives in its own module and registers itself in :data:`LOSSES`::
+Every method lives in its own module of this package and registers itself in :data:`LOSSES`
+(the modules are found by listing the package, so adding a method is adding its file)::
 
     from cist_bench.losses import create_loss, list_losses
     loss_fn = create_loss("kd", temperature=4.0, ce_weight=0.1, kd_weight=0.9)
@@ -9,11 +10,15 @@ Every method lives in its own module and registers itself in :data:`LOSSES`::
 
 Hyperparameters are the keyword arguments of each loss class; names and types are checked
 before construction (a misspelt key is an error, never silently defaulted) and values are
-range-checked by the class (``ValueError`` naming the value).
+range-checked by the class (``ValueError`` naming the value). Whether a loss distils from a
+teacher at all is the class's declaration (``needs_teacher``; ``ce`` does not).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from collections.abc import Mapping
 from typing import Any
 
 from cist_bench.losses.base import DistillationLoss
@@ -40,6 +45,21 @@ def create_loss(name: str, **hparams: Any) -> DistillationLoss:
     return loss
 
 
+def resolve_hparams(name: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """Every hyperparameter of loss ``name``: ``hparams`` (checked: names, types, and values —
+    the loss is built) over the loss's defaults. What a resolved run spec carries."""
+    cls = LOSSES.get(name)
+    kwargs = check_kwargs(f"loss {name!r}", cls, hparams)
+    cls(**kwargs)  # range checks (tau_min < tau_max, ...)
+    defaults = {k: p.default for k, p in params_of(cls).items() if not p.required}
+    return {**defaults, **kwargs}
+
+
+def loss_needs_teacher(name: str) -> bool:
+    """Whether loss ``name`` distils from a teacher (its class declares ``needs_teacher``)."""
+    return bool(LOSSES.get(name).needs_teacher)
+
+
 def list_losses() -> list[str]:
     """Every registered loss name, sorted."""
     return LOSSES.names()
@@ -51,15 +71,9 @@ def loss_params(name: str) -> dict[str, Param]:
 
 
 # importing the method modules registers them (one method per file)
-from cist_bench.losses import (  # noqa: E402, F401
-    ce,
-    cist,
-    ctkd,
-    dist,
-    dkd,
-    dtkd,
-    kd,
-    lm_divergences,
-)
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["LOSSES", "DistillationLoss", "create_loss", "list_losses", "loss_params", "register_loss"]
+__all__ = ["LOSSES", "DistillationLoss", "create_loss", "list_losses", "loss_needs_teacher", "loss_params",
+           "register_loss", "resolve_hparams"]

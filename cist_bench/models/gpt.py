@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cist_bench.models._base import MODELS
+from cist_bench.signature import Param
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,16 +150,25 @@ _SIZES: dict[str, dict[str, Any]] = {
 }
 
 
+def _declared(name: str) -> dict[str, Param]:
+    """The options of a GPT size: every :class:`GPTConfig` field but the vocabulary, with the
+    size's own values as defaults."""
+    hints = typing.get_type_hints(GPTConfig)
+    return {f.name: Param(f.name, hints[f.name], _SIZES[name].get(f.name, f.default))
+            for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"}
+
+
 def _register(name: str) -> None:
     def build(*, num_classes: int, in_chans: int = 3, **overrides: Any) -> GPT:
         del in_chans  # images only; accepted so every registered builder has one signature
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(GPTConfig)}
+        unknown = set(overrides) - set(_declared(name))
         if unknown:
             raise TypeError(f"{name}: unknown option(s) {sorted(unknown)}")
         return GPT(GPTConfig(vocab_size=num_classes, **{**_SIZES[name], **overrides}))
 
     build.__name__ = name
     build.context_option = "block_size"  # the engine sizes it to the task's windows
+    build.declared_options = lambda: _declared(name)
     build.__doc__ = f"GPT language model, size {_SIZES[name]}; num_classes = vocabulary size."
     MODELS.add(name, build)
 

@@ -281,4 +281,21 @@ def hf_tiny_llama(*, num_classes: int, in_chans: int = 3, **overrides: Any) -> H
                       name="hf_tiny_llama")
 
 
+def _tiny_llama_options() -> dict[str, Any]:
+    """The options of ``hf_tiny_llama``: the architecture fields of ``LlamaConfig`` (those after
+    ``vocab_size`` in its signature, which is num_classes), with this model's sizes as defaults."""
+    require_transformers("hf_tiny_llama")
+    import inspect
+
+    from transformers import LlamaConfig
+
+    from cist_bench.signature import Param
+
+    params = list(inspect.signature(LlamaConfig.__init__).parameters.values())
+    start = next(i for i, p in enumerate(params) if p.name == "vocab_size") + 1
+    return {p.name: Param(p.name, Any, _TINY_LLAMA.get(p.name, p.default)) for p in params[start:]
+            if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
+hf_tiny_llama.declared_options = _tiny_llama_options  # type: ignore[attr-defined]
 MODELS.add("hf_tiny_llama", hf_tiny_llama)

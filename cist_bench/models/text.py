@@ -23,7 +23,6 @@ Both carry ``modality = "text"`` (they take token ids) and ``kind = "text_classi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -131,27 +130,18 @@ class BagOfEmbeddings(LinearHeadModel):
         return self.mlp(self.embed(input_ids))
 
 
-def _check_options(name: str, options: dict[str, Any], allowed: set[str]) -> None:
-    unknown = set(options) - allowed
-    if unknown:
-        raise TypeError(f"{name}: unknown option(s) {sorted(unknown)}; known: {sorted(allowed)}")
-
-
 @MODELS.register("minilm_classifier")
-def minilm_classifier(*, num_classes: int, in_chans: int = 3, **options: Any) -> MiniLMClassifier:
-    """Pretrained all-MiniLM-L6-v2 encoder, mean-pooled, + linear head (options:
-    ``freeze_encoder=True``, ``pretrained=True``)."""
+def minilm_classifier(*, num_classes: int, in_chans: int = 3, freeze_encoder: bool = True,
+                      pretrained: bool = True) -> MiniLMClassifier:
+    """Pretrained all-MiniLM-L6-v2 encoder, mean-pooled, + linear head."""
     del in_chans  # images only
-    _check_options("minilm_classifier", options, {"freeze_encoder", "pretrained"})
-    encoder = load_minilm_encoder(pretrained=bool(options.get("pretrained", True)))
-    return MiniLMClassifier(encoder, num_classes,
-                            freeze_encoder=bool(options.get("freeze_encoder", True)))
+    encoder = load_minilm_encoder(pretrained=pretrained)
+    return MiniLMClassifier(encoder, num_classes, freeze_encoder=freeze_encoder)
 
 
 @MODELS.register("bag_of_embeddings")
-def bag_of_embeddings(*, num_classes: int, in_chans: int = 3, **options: Any) -> BagOfEmbeddings:
-    """Mean of token embeddings + MLP over MiniLM token ids (options: ``vocab_size``,
-    ``embed_dim=64``, ``hidden_dim=128``)."""
+def bag_of_embeddings(*, num_classes: int, in_chans: int = 3, vocab_size: int = MINILM_VOCAB_SIZE,
+                      embed_dim: int = 64, hidden_dim: int = 128) -> BagOfEmbeddings:
+    """Mean of token embeddings + MLP over MiniLM token ids."""
     del in_chans  # images only
-    _check_options("bag_of_embeddings", options, {"vocab_size", "embed_dim", "hidden_dim"})
-    return BagOfEmbeddings(num_classes, **options)
+    return BagOfEmbeddings(num_classes, vocab_size=vocab_size, embed_dim=embed_dim, hidden_dim=hidden_dim)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,10 +17,8 @@ from cist_bench.report.stats import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     CONFIDENCE,
+    DEFAULT_ROLES,
     MIN_CI_SEEDS,
-    PROPOSED,
-    REFERENCE,
-    STUDENT_ALONE,
     Comparison,
 )
 from cist_bench.report.tables import (
@@ -36,7 +34,8 @@ from cist_bench.report.tables import (
     search_table,
     wtl_table,
 )
-from cist_bench.results.store import atomic_write_text
+from cist_bench.results import ReportRoles, RunRecord
+from cist_bench.results.store import atomic_write_text, record_json
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +63,7 @@ def _seeds(runs: pd.DataFrame) -> str:
 def _task_section(view: TaskView, failed: int, figures: list[tuple[str, str]] | None,
                   plots_note: str) -> tuple[str, list[Comparison], pd.DataFrame]:
     s = view.scale
+    PROPOSED, REFERENCE, STUDENT_ALONE = view.roles.proposed, view.roles.reference, view.roles.baseline
     unit = "%" if s.percent else "raw"
     better = f"{s.better} is better"
     out = [f"## Task `{view.name}`", ""]
@@ -138,19 +138,20 @@ def _task_section(view: TaskView, failed: int, figures: list[tuple[str, str]] | 
     return "\n".join(out), comparisons, long
 
 
-def _summary(views: list[TaskView], comparisons: list[Comparison]) -> str:
+def _summary(views: list[TaskView], comparisons: list[Comparison], roles: ReportRoles) -> str:
+    PROPOSED = roles.proposed
     out = ["## Summary across tasks", "", "### Average rank", "", paragraph(
         "Rank of each method's mean test score (validation-selected checkpoint) within each "
         "(task, pair) row: 1 = best, ties share the average rank, a method is ranked only in the "
         "rows where it has runs; *Rows*: how many rows the average covers."), "",
-        md_table(rank_table(views), left=1), "", f"### `{PROPOSED}`: wins, ties and losses", ""]
+        md_table(rank_table(views, roles), left=1), "", f"### `{PROPOSED}`: wins, ties and losses", ""]
     if comparisons:
         out += [paragraph(
             f"Over the (task, pair) rows where `{PROPOSED}` and the baseline share seeds, from the "
             f"paired statistics of each task: a win (loss) only when the {CONFIDENCE:.0%} CI of the "
             "paired difference lies entirely above (below) 0; everything else, including rows "
             f"with fewer than {MIN_CI_SEEDS} paired seeds (no CI), is a tie."), "",
-            md_table(wtl_table(comparisons), left=1), ""]
+            md_table(wtl_table(comparisons, roles), left=1), ""]
     else:
         out += [f"No `{PROPOSED}` runs to compare.", ""]
     return "\n".join(out)
@@ -186,14 +187,30 @@ def _provenance(frame: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
+def report_roles(records: Sequence[RunRecord]) -> tuple[ReportRoles, str]:
+    """The roles the records were made with (the suite's ``report:``), and where they came from:
+    the most common among the records that carry roles, else the defaults."""
+    counts = Counter(r.roles for r in records if r.roles is not None)
+    if not counts:
+        return DEFAULT_ROLES, "the defaults (the records name no roles)"
+    roles, n = sorted(counts.items(), key=lambda kv: (-kv[1], repr(kv[0])))[0]
+    note = "the suites (their `report:` blocks, or the defaults), as recorded in the records"
+    if len(counts) > 1:
+        note += f" ({n} of {sum(counts.values())} records; the others name other roles)"
+    return roles, note
+
+
 def render(frame: pd.DataFrame, *, stem: str, title: str | None = None,
            figures: dict[str, list[tuple[str, str]]] | None = None,
-           plots_note: str = "No figures were drawn.") -> tuple[str, pd.DataFrame]:
+           plots_note: str = "No figures were drawn.", roles: ReportRoles | None = None,
+           roles_note: str = "given") -> tuple[str, pd.DataFrame]:
     """The markdown of the report on ``frame`` (from :func:`records_frame`), and the numeric
-    leaderboards (all tasks, long format)."""
+    leaderboards (all tasks, long format). ``roles``: default, those of the records."""
+    if roles is None:
+        roles, roles_note = report_roles(list(frame["record"]))
     counted = frame[(frame["status"] == "ok") & ~frame["is_search"]]
     tasks = sorted(counted["task"].dropna().unique())
-    views = [TaskView.of(t, counted[counted["task"] == t]) for t in tasks]
+    views = [TaskView.of(t, counted[counted["task"] == t], roles) for t in tasks]
     suites = sorted({str(s) for s in frame["suite"].dropna()})
     title = title or ("cist_bench report" + (f": {', '.join(suites)}" if suites else ""))
     ok = int((frame["status"] == "ok").sum())
@@ -204,6 +221,8 @@ def render(frame: pd.DataFrame, *, stem: str, title: str | None = None,
         "**Tasks:** " + "; ".join(f"`{v.name}` ({v.scale.metric}, {v.scale.better} is better)"
                                   for v in views) + ".",
         f"Tasks without a counted run: {_codes(uncounted)}." if uncounted else "",
+        f"**Roles:** proposed `{roles.proposed}`, reference `{roles.reference}` (the Δ rows), baseline "
+        f"`{roles.baseline}` (the student alone); from {roles_note}.",
         f"The records are exported beside this file as [`{stem}.records.jsonl`]({stem}.records.jsonl)."), ""]
     parts = ["\n".join(head)]
     comparisons: list[Comparison] = []
@@ -214,7 +233,7 @@ def render(frame: pd.DataFrame, *, stem: str, title: str | None = None,
         parts.append(text)
         comparisons += comps
         numeric.append(long)
-    parts.append(_summary(views, comparisons))
+    parts.append(_summary(views, comparisons, roles))
     if frame["is_search"].any():
         parts.append(_search(frame))
     parts.append(_provenance(frame))
@@ -242,6 +261,7 @@ def build_report(sources: Sequence[Source] | Source, output: str | os.PathLike[s
     if not records:
         raise ReportError(f"no records in {[str(s) for s in sources]}")
     frame = records_frame(records)
+    roles, roles_note = report_roles(records)
     output = Path(output)
     folder, stem = output.parent, output.stem
     folder.mkdir(parents=True, exist_ok=True)
@@ -254,13 +274,13 @@ def build_report(sources: Sequence[Source] | Source, output: str | os.PathLike[s
     elif plots:
         counted = frame[(frame["status"] == "ok") & ~frame["is_search"]]
         for task in sorted(counted["task"].dropna().unique()):
-            view = TaskView.of(task, counted[counted["task"] == task])
+            view = TaskView.of(task, counted[counted["task"] == task], roles)
             figures[task] = plotting.draw(view, folder, stem)
 
-    markdown, numeric = render(frame, stem=stem, title=title, figures=figures, plots_note=plots_note)
+    markdown, numeric = render(frame, stem=stem, title=title, figures=figures, plots_note=plots_note,
+                               roles=roles, roles_note=roles_note)
     atomic_write_text(output, markdown)
-    atomic_write_text(folder / f"{stem}.records.jsonl",
-                      "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records))
+    atomic_write_text(folder / f"{stem}.records.jsonl", "".join(record_json(r, None) + "\n" for r in records))
     if "csv" in formats and not numeric.empty:
         for task, rows in numeric.groupby("task", sort=True):
             atomic_write_text(folder / f"{stem}.{safe_name(str(task))}.csv",

@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from cist_bench.results import ResultStore, read_jsonl
+from cist_bench.results import RecordError, RecordVersionError, RunRecord, read_jsonl, read_record
 
 logger = logging.getLogger(__name__)
 
@@ -65,43 +65,56 @@ def suite_results_dir(path: Path, results_root: Path) -> Path:
     return Path(results_root) / name
 
 
-def read_source(source: Source, results_root: Path = Path("outputs")) -> list[dict[str, Any]]:
-    """The records of one source (see the module docstring)."""
+def read_source(source: Source, results_root: Path = Path("outputs")) -> list[RunRecord]:
+    """The records of one source (see the module docstring). A record of a schema version this
+    cist_bench cannot read raises :class:`ReportError` saying what to do."""
+    try:
+        return _read_source(source, results_root)
+    except (RecordError, RecordVersionError) as err:
+        raise ReportError(str(err)) from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ReportError(f"{path}: not a readable JSON file: {err}") from None
+
+
+def _read_source(source: Source, results_root: Path) -> list[RunRecord]:
     path = Path(source)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         folder = suite_results_dir(path, results_root)
         if not folder.is_dir():
             raise ReportError(f"{path}: no results directory {folder} (run the suite first, or give "
                               "the results directory itself)")
-        return read_source(folder, results_root)
+        return _read_source(folder, results_root)
     if path.is_dir():
-        store = ResultStore(path)
-        if store.records_dir.is_dir():
-            return store.records()
-        files = sorted(path.glob("*.json"))
-        if not files:
+        folder = path / "records" if (path / "records").is_dir() else path
+        files = sorted(folder.glob("*.json"))
+        if not files and folder == path:
             raise ReportError(f"{path}: neither a records/ folder nor record files (*.json) in it")
-        return [json.loads(f.read_text(encoding="utf-8")) for f in files]
+        return [read_record(_read_json(f), str(f)) for f in files]
     if path.is_file() and path.suffix == ".jsonl":
         return read_jsonl(path)
     if path.is_file() and path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, list) else [data]
+        data = _read_json(path)
+        return [read_record(d, str(path)) for d in (data if isinstance(data, list) else [data])]
     if not path.exists():
         raise ReportError(f"{path}: no such file or directory")
     raise ReportError(f"{path}: not a results directory, a records file (*.jsonl, *.json) or a suite "
                       "file (*.yaml)")
 
 
-def _finished_key(record: Mapping[str, Any]) -> float:
+def _finished_key(record: RunRecord) -> float:
     try:
-        return datetime.fromisoformat(str(record.get("finished"))).timestamp()
+        return datetime.fromisoformat(str(record.finished)).timestamp()
     except (TypeError, ValueError):
         return -math.inf
 
 
 def collect_records(sources: Sequence[Source] | Source,
-                    results_root: Path = Path("outputs")) -> list[dict[str, Any]]:
+                    results_root: Path = Path("outputs")) -> list[RunRecord]:
     """The records of all ``sources``, one per run id, sorted by run id.
 
     When a run id occurs more than once, an ``ok`` record is preferred over a failed one and
@@ -111,12 +124,10 @@ def collect_records(sources: Sequence[Source] | Source,
         sources = [sources]
     if not sources:
         raise ReportError("no sources given")
-    chosen: dict[str, dict[str, Any]] = {}
+    chosen: dict[str, RunRecord] = {}
     for source in sources:
         for record in read_source(source, results_root):
-            run_id = record.get("run_id")
-            if not isinstance(run_id, str):
-                raise ReportError(f"{source}: a record without a run_id")
+            run_id = record.run_id
             old = chosen.get(run_id)
             if old is None:
                 chosen[run_id] = record
@@ -124,8 +135,8 @@ def collect_records(sources: Sequence[Source] | Source,
             if old != record:
                 logger.warning("run %s has several different records; keeping one", run_id)
 
-            def rank(r: Mapping[str, Any]) -> tuple[bool, float]:
-                return r.get("status") == "ok", _finished_key(r)
+            def rank(r: RunRecord) -> tuple[bool, float]:
+                return r.ok, _finished_key(r)
 
             if rank(record) > rank(old):
                 chosen[run_id] = record
@@ -142,19 +153,19 @@ def _number(value: Any) -> float:
     return float(value)
 
 
-def task_metric(records: Iterable[Mapping[str, Any]]) -> tuple[str | None, bool]:
+def task_metric(records: Iterable[RunRecord]) -> tuple[str | None, bool]:
     """The headline metric of one task's records and whether higher is better.
 
     The most common ``primary_metric`` of its ``ok`` records (ties: by name); a metric in
     :data:`NEVER_HEADLINE` gives way to the first other metric the records report.
     """
-    records = [r for r in records if r.get("status") == "ok"]
+    records = [r for r in records if r.ok]
     names: Counter[str] = Counter()
     directions: dict[str, bool] = {}
     for r in records:
-        for name, hib in (r.get("metric_directions") or {}).items():
+        for name, hib in r.metric_directions.items():
             directions.setdefault(name, bool(hib))
-        primary = r.get("primary_metric") or {}
+        primary = r.primary_metric or {}
         if primary.get("name"):
             names[primary["name"]] += 1
             directions.setdefault(primary["name"], bool(primary.get("higher_is_better", True)))
@@ -166,16 +177,13 @@ def task_metric(records: Iterable[Mapping[str, Any]]) -> tuple[str | None, bool]
     return usable[0], directions.get(usable[0], True)
 
 
-def _row(record: Mapping[str, Any], metric: str | None, hib: bool) -> dict[str, Any]:
-    metrics = record.get("metrics") or {}
-
+def _row(record: RunRecord, metric: str | None, hib: bool) -> dict[str, Any]:
     def score(split: str) -> float:
-        return _number((metrics.get(split) or {}).get(metric)) if metric else math.nan
+        return _number(record.metrics.get(split, {}).get(metric)) if metric else math.nan
 
-    teacher = record.get("teacher_metrics") or {}
-    diagnostics = (record.get("diagnostics") or {}).get("test") or {}
-    timing = record.get("timing") or {}
-    resources = record.get("resources") or {}
+    teacher = record.teacher_metrics or {}
+    diagnostics = record.diagnostics.get("test") or {}
+    timing, resources = record.timing, record.resources
     wall = _number(timing.get("wall_seconds"))
     if math.isnan(wall):
         wall = _number(timing.get("total_seconds"))
@@ -184,24 +192,12 @@ def _row(record: Mapping[str, Any], metric: str | None, hib: bool) -> dict[str, 
     per_worker = _number(resources.get("gpus_per_worker" if use_gpu else "cpus_per_worker"))
     hours = wall * workers * per_worker / 3600.0
     row: dict[str, Any] = {
-        "run_id": record["run_id"],
-        "suite": record.get("suite"),
-        "task": record.get("task"),
-        "pair": record.get("pair"),
-        "teacher": record.get("teacher"),
-        "student": record.get("student"),
-        "method": record.get("method"),
-        "loss": record.get("loss"),
-        "seed": record.get("seed"),
-        "status": record.get("status"),
-        "error": record.get("error"),
-        "metric": metric,
-        "higher_is_better": hib,
-        "test": score("test"),
-        "test_last": score("test_last"),
-        "val": score("val"),
-        "val_last": score("val_last"),
-        "selected_epoch": record.get("selected_epoch"),
+        "run_id": record.run_id, "suite": record.suite, "task": record.task, "pair": record.pair,
+        "teacher": record.teacher, "student": record.student, "method": record.method, "loss": record.loss,
+        "seed": record.seed, "status": record.status, "error": record.error,
+        "metric": metric, "higher_is_better": hib,
+        "test": score("test"), "test_last": score("test_last"), "val": score("val"), "val_last": score("val_last"),
+        "selected_epoch": record.selected_epoch,
         "teacher_id": teacher.get("id"),
         "teacher_test": _number((teacher.get("test") or {}).get(metric)) if metric else math.nan,
     }
@@ -215,23 +211,29 @@ def _row(record: Mapping[str, Any], metric: str | None, hib: bool) -> dict[str, 
         "use_gpu": use_gpu,
         "cpu_hours": math.nan if use_gpu else hours,
         "gpu_hours": hours if use_gpu else math.nan,
-        "git_commit": record.get("git_commit"),
-        "started": record.get("started"),
-        "finished": record.get("finished"),
-        "is_search": "search" in record,
+        "git_commit": record.provenance.git_commit,
+        "started": record.started,
+        "finished": record.finished,
+        "is_search": record.search is not None,
         "record": record,
     })
     return row
 
 
-def records_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+COLUMNS = ("run_id, suite, task, pair, teacher, student, method, loss, seed, status, error, metric, "
+           "higher_is_better, test, test_last, val, val_last, selected_epoch, teacher_id, teacher_test, "
+           + ", ".join(DIAGNOSTICS) + ", wall_seconds, train_seconds, samples_per_second, num_workers, "
+           "use_gpu, cpu_hours, gpu_hours, git_commit, started, finished, is_search, record").split(", ")
+
+
+def records_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
     """One row per record (failed ones included, ``status`` says which), sorted by run id."""
-    by_task: dict[Any, list[Mapping[str, Any]]] = {}
+    by_task: dict[Any, list[RunRecord]] = {}
     for r in records:
-        by_task.setdefault(r.get("task"), []).append(r)
+        by_task.setdefault(r.task, []).append(r)
     metrics = {task: task_metric(rs) for task, rs in by_task.items()}
-    rows = [_row(r, *metrics[r.get("task")]) for r in records]
-    frame = pd.DataFrame(rows, columns=list(_row({"run_id": ""}, None, True)))
+    rows = [_row(r, *metrics[r.task]) for r in records]
+    frame = pd.DataFrame(rows, columns=COLUMNS)
     frame = frame.sort_values("run_id", kind="stable").reset_index(drop=True)
     return frame
 

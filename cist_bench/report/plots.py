@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from cist_bench.report.fmt import safe_name
-from cist_bench.report.tables import TaskView, method_header
+from cist_bench.report.tables import TaskView
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _leaderboard(view: TaskView, ax) -> None:
     for i, (off, m) in enumerate(zip(offsets, view.methods, strict=True)):
         r = runs[runs["method"] == m].groupby("pair")["test"].agg(["mean", "std"]).reindex(view.pairs)
         ax.errorbar(x + off, r["mean"] * s.factor, yerr=r["std"].fillna(0) * s.factor, fmt="o",
-                    capsize=3, color=f"C{i}", label=method_header(m))
+                    capsize=3, color=f"C{i}", label=view.header(m))
     teachers = runs.dropna(subset=["teacher_test"]).groupby("pair")["teacher_test"].mean().reindex(view.pairs)
     if teachers.notna().any():
         ax.scatter(x, teachers * s.factor, marker="_", s=900, color="black", label="teacher")
@@ -90,7 +90,7 @@ def _val_curves(view: TaskView, axes) -> None:
         runs = view.runs[view.runs["pair"] == pair]
         for i, m in enumerate(view.methods):
             points = [(h.get("epoch"), (h.get("val") or {}).get(metric))
-                      for rec in runs.loc[runs["method"] == m, "record"] for h in rec.get("history") or []]
+                      for rec in runs.loc[runs["method"] == m, "record"] for h in rec.history]
             curve = pd.DataFrame([p for p in points if p[0] is not None and isinstance(p[1], (int, float))],
                                  columns=["epoch", "value"])
             if curve.empty:

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-#: the method every other one is compared against (paired statistics, win/tie/loss)
-PROPOSED = "cist"
-#: the reference of the Δ rows in the leaderboards
-REFERENCE = "kd"
-#: the student trained alone
-STUDENT_ALONE = "ce"
+from cist_bench.results.record import ReportRoles
+
+#: the roles when the records name none: the method every other one is compared against
+#: (paired statistics, win/tie/loss), the reference of the Δ rows, the student trained alone
+DEFAULT_ROLES = ReportRoles()
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
@@ -30,18 +29,19 @@ CONFIDENCE = 0.95
 MIN_CI_SEEDS = 3
 
 
-def method_order(methods: Sequence[str]) -> list[str]:
-    """``ce``, ``kd``, the other baselines (sorted), the ``cist*`` ablations (sorted), ``cist``."""
+def method_order(methods: Sequence[str], roles: ReportRoles = DEFAULT_ROLES) -> list[str]:
+    """The baseline (``ce``), the reference (``kd``), the other methods (sorted), the proposed
+    method's ablations (``cist*``, sorted), the proposed method (``cist``)."""
     names = set(methods)
 
     def key(m: str) -> tuple[int, str]:
-        if m == STUDENT_ALONE:
+        if m == roles.baseline:
             return 0, m
-        if m == REFERENCE:
+        if m == roles.reference:
             return 1, m
-        if m == PROPOSED:
+        if m == roles.proposed:
             return 4, m
-        if m.startswith(PROPOSED):
+        if m.startswith(roles.proposed):
             return 3, m
         return 2, m
 
@@ -119,10 +119,11 @@ def _per_seed(runs: pd.DataFrame, value: str) -> pd.Series:
     return runs.dropna(subset=[value]).groupby("seed", sort=True)[value].mean()
 
 
-def paired_comparisons(runs: pd.DataFrame, value: str = "test", proposed: str = PROPOSED
+def paired_comparisons(runs: pd.DataFrame, value: str = "test", roles: ReportRoles = DEFAULT_ROLES
                        ) -> list[Comparison]:
-    """``proposed`` against every other method (its ``cist*`` ablations included), per
-    (task, pair), over the seeds both have; ordered by task, pair and :func:`method_order`."""
+    """The proposed method against every other (its ablations included), per (task, pair), over
+    the seeds both have; ordered by task, pair and :func:`method_order`."""
+    proposed = roles.proposed
     out: list[Comparison] = []
     for (task, pair), rows in runs.groupby(["task", "pair"], sort=True):
         mine = rows[rows["method"] == proposed]
@@ -130,7 +131,7 @@ def paired_comparisons(runs: pd.DataFrame, value: str = "test", proposed: str = 
             continue
         sign = 1.0 if bool(rows["higher_is_better"].iloc[0]) else -1.0
         ours = _per_seed(mine, value)
-        for baseline in method_order(rows["method"].unique()):
+        for baseline in method_order(rows["method"].unique(), roles):
             if baseline == proposed:
                 continue
             theirs = _per_seed(rows[rows["method"] == baseline], value)

@@ -20,16 +20,15 @@ import pandas as pd
 
 from cist_bench.report.fmt import MISSING, Scale, cell, num, plus_minus, sig
 from cist_bench.report.stats import (
+    DEFAULT_ROLES,
     MIN_CI_SEEDS,
-    PROPOSED,
-    REFERENCE,
-    STUDENT_ALONE,
     Comparison,
     average_ranks,
     method_order,
     paired_comparisons,
     seed_summary,
 )
+from cist_bench.results.record import ReportRoles
 
 
 @dataclass(frozen=True)
@@ -41,21 +40,26 @@ class TaskView:
     scale: Scale
     methods: tuple[str, ...]
     pairs: tuple[str, ...]
+    roles: ReportRoles = DEFAULT_ROLES
 
     @classmethod
-    def of(cls, name: str, runs: pd.DataFrame) -> TaskView:
+    def of(cls, name: str, runs: pd.DataFrame, roles: ReportRoles = DEFAULT_ROLES) -> TaskView:
         metric = str(runs["metric"].iloc[0])
         hib = bool(runs["higher_is_better"].iloc[0])
         values = pd.concat([runs["test"], runs["test_last"], runs["teacher_test"]])
         return cls(name, runs, Scale.for_values(metric, hib, values.to_numpy()),
-                   tuple(method_order(runs["method"].unique())), tuple(sorted(runs["pair"].unique())))
+                   tuple(method_order(runs["method"].unique(), roles)), tuple(sorted(runs["pair"].unique())),
+                   roles)
 
     def comparisons(self) -> list[Comparison]:
-        return paired_comparisons(self.runs, "test")
+        return paired_comparisons(self.runs, "test", self.roles)
+
+    def header(self, method: str) -> str:
+        return method_header(method, self.roles)
 
 
-def method_header(method: str) -> str:
-    return f"{method} (student alone)" if method == STUDENT_ALONE else method
+def method_header(method: str, roles: ReportRoles = DEFAULT_ROLES) -> str:
+    return f"{method} (student alone)" if method == roles.baseline else method
 
 
 def _best(means: Mapping[str, float], higher_is_better: bool) -> set[str]:
@@ -91,7 +95,8 @@ def leaderboard(view: TaskView, value: str) -> tuple[pd.DataFrame, pd.DataFrame]
     scale = view.scale
     summary = seed_summary(view.runs, value, by=("pair", "method"))
     stats = {(r.pair, r.method): (int(r.n), float(r.mean), float(r.std)) for r in summary.itertuples()}
-    has_ref = REFERENCE in view.methods
+    reference = view.roles.reference
+    has_ref = reference in view.methods
     display: list[dict[str, str]] = []
     numeric: list[dict[str, Any]] = []
     for pair in view.pairs:
@@ -99,14 +104,14 @@ def leaderboard(view: TaskView, value: str) -> tuple[pd.DataFrame, pd.DataFrame]
         means = {m: stats[(pair, m)][1] for m in view.methods if (pair, m) in stats}
         best = _best(means, scale.higher_is_better)
         row = {"Pair": pair, "Teacher": _teacher_text(scale, teachers)}
-        deltas = {"Pair": f"↳ Δ vs {REFERENCE}" + (" (pp)" if scale.percent else ""), "Teacher": ""}
-        ref = means.get(REFERENCE, math.nan)
+        deltas = {"Pair": f"↳ Δ vs {reference}" + (" (pp)" if scale.percent else ""), "Teacher": ""}
+        ref = means.get(reference, math.nan)
         for m in view.methods:
             n, mean, std = stats.get((pair, m), (0, math.nan, math.nan))
             text = scale.mean_std(mean, std, n)
-            row[method_header(m)] = f"**{text}**" if m in best else text
-            delta = scale.sign * (mean - ref) if m != REFERENCE else math.nan
-            deltas[method_header(m)] = scale.diff(delta) if m != REFERENCE else ""
+            row[view.header(m)] = f"**{text}**" if m in best else text
+            delta = scale.sign * (mean - ref) if m != reference else math.nan
+            deltas[view.header(m)] = scale.diff(delta) if m != reference else ""
             numeric.append({"pair": pair, "method": m, "metric": scale.metric,
                             "higher_is_better": scale.higher_is_better, "n": n, "mean": mean,
                             "std": std, "delta_vs_kd": delta, "best": m in best,
@@ -124,7 +129,8 @@ def _verdict(c: Comparison) -> str:
 def paired_table(view: TaskView, comparisons: Iterable[Comparison]) -> pd.DataFrame:
     s = view.scale
     rows = [{"Pair": c.pair, "Baseline": c.baseline, "Seeds": str(c.n),
-             f"{PROPOSED}{s.unit}": s.value(c.proposed_mean), f"baseline{s.unit}": s.value(c.baseline_mean),
+             f"{view.roles.proposed}{s.unit}": s.value(c.proposed_mean),
+             f"baseline{s.unit}": s.value(c.baseline_mean),
              "Δ" + (" (pp)" if s.percent else ""): s.diff(c.diff), "95% CI": s.ci(c.ci_low, c.ci_high),
              "Verdict": _verdict(c)}
             for c in comparisons]
@@ -179,15 +185,16 @@ def overhead_table(view: TaskView) -> pd.DataFrame:
     rows = []
     for pair in view.pairs:
         r = runs[runs["pair"] == pair]
-        kd, ours = r[r["method"] == REFERENCE], r[r["method"] == PROPOSED]
+        reference, proposed = view.roles.reference, view.roles.proposed
+        kd, ours = r[r["method"] == reference], r[r["method"] == proposed]
         if kd.empty or ours.empty:
             continue
         t_kd, t_ours = kd["train_seconds"].mean(), ours["train_seconds"].mean()
         s_kd, s_ours = kd["samples_per_second"].mean(), ours["samples_per_second"].mean()
-        rows.append({"Pair": pair, f"Train s ({REFERENCE})": sig(t_kd),
-                     f"Train s ({PROPOSED})": sig(t_ours),
+        rows.append({"Pair": pair, f"Train s ({reference})": sig(t_kd),
+                     f"Train s ({proposed})": sig(t_ours),
                      "Train-time ratio": num(t_ours / t_kd if t_kd else math.nan, 2) + "×",
-                     f"Samples/s ({REFERENCE})": sig(s_kd), f"Samples/s ({PROPOSED})": sig(s_ours),
+                     f"Samples/s ({reference})": sig(s_kd), f"Samples/s ({proposed})": sig(s_ours),
                      "Throughput ratio": num(s_ours / s_kd if s_kd else math.nan, 2) + "×"})
     return pd.DataFrame(rows)
 
@@ -195,7 +202,7 @@ def overhead_table(view: TaskView) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------- summary
 
 
-def rank_table(views: Iterable[TaskView]) -> pd.DataFrame:
+def rank_table(views: Iterable[TaskView], roles: ReportRoles = DEFAULT_ROLES) -> pd.DataFrame:
     parts = []
     for v in views:
         s = seed_summary(v.runs, "test", by=("task", "pair", "method"))
@@ -203,13 +210,13 @@ def rank_table(views: Iterable[TaskView]) -> pd.DataFrame:
     if not parts:
         return pd.DataFrame()
     ranks = average_ranks(pd.concat(parts, ignore_index=True))
-    order = {m: i for i, m in enumerate(method_order(ranks["method"]))}
+    order = {m: i for i, m in enumerate(method_order(ranks["method"], roles))}
     ranks = ranks.assign(_o=ranks["method"].map(order)).sort_values(["rank", "_o"], kind="stable")
     return pd.DataFrame({"Method": ranks["method"], "Average rank": [num(x, 2) for x in ranks["rank"]],
                          "Rows": [str(n) for n in ranks["rows"]]})
 
 
-def wtl_table(comparisons: Iterable[Comparison]) -> pd.DataFrame:
+def wtl_table(comparisons: Iterable[Comparison], roles: ReportRoles = DEFAULT_ROLES) -> pd.DataFrame:
     tally: dict[str, Counter[str]] = {}
     for c in comparisons:
         t = tally.setdefault(c.baseline, Counter())
@@ -219,7 +226,7 @@ def wtl_table(comparisons: Iterable[Comparison]) -> pd.DataFrame:
             t["undefined"] += 1
     rows = [{"Baseline": b, "Wins": str(t["win"]), "Ties": str(t["tie"]), "Losses": str(t["loss"]),
              "Rows compared": str(t["rows"]), f"Ties without CI (n<{MIN_CI_SEEDS})": str(t["undefined"])}
-            for b, t in ((b, tally[b]) for b in method_order(tally))]
+            for b, t in ((b, tally[b]) for b in method_order(tally, roles))]
     return pd.DataFrame(rows)
 
 
@@ -236,15 +243,13 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Records with a ``search`` key, per (search, task, pair, method): trials, early stops,
     budget, and the trial with the best *validation* score (its config and test score).
 
-    Keys read from ``record["search"]`` when present: ``name`` (or ``id``), ``budget``,
-    ``early_stopped`` and ``config`` (else the run spec's loss hyperparameters).
+    From each record's search provenance: the search's ``name`` (or ``id``), ``budget``,
+    ``early_stopped`` and ``config`` (the trial's point).
     """
     rows = []
-    trials = runs[runs["is_search"]].assign(
-        _search=lambda f: [(r["search"] or {}).get("name") or (r["search"] or {}).get("id") or MISSING
-                           for r in f["record"]])
+    trials = runs[runs["is_search"]].assign(_search=lambda f: [r.search.name or r.search.id for r in f["record"]])
     for (name, task, pair, method), r in trials.groupby(["_search", "task", "pair", "method"], sort=True):
-        searches = [rec["search"] or {} for rec in r["record"]]
+        searches = [rec.search for rec in r["record"]]
         ok = r[(r["status"] == "ok") & r["val"].notna()]
         best_text, config, val, test = MISSING, MISSING, math.nan, math.nan
         if not ok.empty:
@@ -252,14 +257,14 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
             best = ok.sort_values(["val", "run_id"], ascending=[not hib, True], kind="stable").iloc[0]
             rec = best["record"]
             best_text, val, test = f"`{best['run_id']}`", best["val"], best["test"]
-            config = _compact(rec["search"].get("config", (rec.get("spec") or {}).get("loss", {}).get("hparams")))
-        budgets = sorted({_compact(s.get("budget")) for s in searches})
+            config = _compact(rec.search.config)
+        budgets = sorted({_compact(s.budget) for s in searches})
         scale = Scale.for_values(str(r["metric"].iloc[0]), bool(r["higher_is_better"].iloc[0]),
                                  r[["val", "test"]].to_numpy().ravel())
         rows.append({"Search": str(name), "Task": str(task), "Pair": str(pair), "Method": str(method),
                      "Budget": ", ".join(budgets), "Trials": str(len(r)),
                      "Failed": str(int((r["status"] != "ok").sum())),
-                     "Early stops": str(sum(bool(s.get("early_stopped")) for s in searches)),
+                     "Early stops": str(sum(s.early_stopped for s in searches)),
                      "Best trial (by val)": best_text, f"val{scale.unit}": scale.value(val),
                      f"test{scale.unit}": scale.value(test), "Best config": config})
     return pd.DataFrame(rows)
@@ -278,15 +283,14 @@ def provenance(runs: pd.DataFrame) -> dict[str, Any]:
     records = list(runs["record"])
     suites = _counts(runs["suite"])
     commits = _counts(runs["git_commit"])
-    packages = sorted({k for r in records for k in (r.get("versions") or {})},
-                      key=lambda k: (k != "python", k))
+    packages = sorted({k for r in records for k in r.provenance.versions}, key=lambda k: (k != "python", k))
     versions = pd.DataFrame({"Package": packages, "Version(s)": [
-        ", ".join(sorted({str((r.get("versions") or {}).get(p)) for r in records
-                          if (r.get("versions") or {}).get(p) is not None})) or MISSING
+        ", ".join(sorted({str(r.provenance.versions.get(p)) for r in records
+                          if r.provenance.versions.get(p) is not None})) or MISSING
         for p in packages]})
     hw = Counter()
     for r in records:
-        h = r.get("hardware") or {}
+        h = r.provenance.hardware
         gpu = h.get("gpu")
         if gpu and h.get("gpu_count"):
             gpu = f"{h['gpu_count']}× {gpu}"

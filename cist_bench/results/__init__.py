@@ -1,6 +1,17 @@
-"""Run records and the atomic per-run store that reports are built from."""
+"""Run records (typed, versioned) and the atomic per-run store that reports are built from."""
 
-from cist_bench.results.record import SCHEMA_VERSION, make_record
+from cist_bench.results.record import (
+    SCHEMA_VERSION,
+    Provenance,
+    RecordError,
+    RecordVersionError,
+    ReportRoles,
+    RunRecord,
+    SearchInfo,
+    make_record,
+    read_record,
+)
 from cist_bench.results.store import ResultStore, read_jsonl
 
-__all__ = ["SCHEMA_VERSION", "ResultStore", "make_record", "read_jsonl"]
+__all__ = ["SCHEMA_VERSION", "Provenance", "RecordError", "RecordVersionError", "ReportRoles", "ResultStore",
+           "RunRecord", "SearchInfo", "make_record", "read_jsonl", "read_record"]

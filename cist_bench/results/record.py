@@ -1,13 +1,19 @@
-"""The result record: one self-describing JSON document per run.
+"""The result record: one self-describing, typed, versioned JSON document per run.
 
-Everything a report needs is in the record (reports read nothing else): schema version, the
-full run spec and its id, status (``ok`` or ``failed`` with the reason), metrics with their
-direction, per-epoch history, loss diagnostics, timing and throughput, resources, the git
-commit and library versions.
+Everything a report needs is in the record (reports read nothing else): the resolved run spec
+and its id, the status (``ok`` or ``failed`` with the reason), the metrics of every split with
+their direction, per-epoch history, loss diagnostics, timing and throughput, resources, where
+the hyperparameters came from (the search's provenance for a search trial), the report roles
+of the suite, and the provenance of the code (git commit, library versions, hardware).
+
+:func:`read_record` is the only way records are read: it checks ``schema_version``, upgrades
+older versions it knows (version 1 kept ``git_commit``, ``versions`` and ``hardware`` at the
+top level), and refuses newer ones with a message that says what to do.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import os
@@ -16,12 +22,151 @@ import socket
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from cist_bench.spec import RunSpec, to_dict
+from pydantic import ConfigDict, ValidationError
+from pydantic.dataclasses import dataclass
 
-SCHEMA_VERSION = 1
+from cist_bench.spec import SPEC_CONFIG, RunSpec, adapter, render_loc, to_dict
+
+SCHEMA_VERSION = 2
+#: versions :func:`read_record` can upgrade from
+READABLE_VERSIONS = (1, 2)
 PACKAGES = ("cist_bench", "torch", "torchvision", "ray", "timm", "numpy", "pandas", "transformers")
+
+_CONFIG = ConfigDict(extra="forbid")
+Metrics = dict[str, Any]
+
+
+class RecordVersionError(ValueError):
+    """A record of a schema version this cist_bench cannot read."""
+
+
+class RecordError(ValueError):
+    """A record that does not match the record schema."""
+
+
+@dataclass(frozen=True, config=SPEC_CONFIG)
+class ReportRoles:
+    """Which methods play which part in a report; a suite's ``report:`` block, recorded in
+    every record of the suite."""
+
+    proposed: str = "cist"
+    """the method compared against every other (paired statistics, wins/ties/losses)"""
+    reference: str = "kd"
+    """the reference of the Δ rows of the leaderboards"""
+    baseline: str = "ce"
+    """the student trained alone"""
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class Provenance:
+    git_commit: str | None = None
+    versions: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    hardware: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class SearchInfo:
+    """Where a search trial's hyperparameters came from: the search, its budget and objective,
+    the trial's point, and how far it ran."""
+
+    name: str
+    id: str
+    group: str
+    budget: dict[str, Any]
+    objective: dict[str, Any]
+    trial_index: int
+    config: dict[str, Any]
+    hparams: dict[str, Any]
+    early_stopped: bool = False
+    epochs_run: int = 0
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class RunRecord:
+    run_id: str
+    status: Literal["ok", "failed"]
+    spec: RunSpec
+    schema_version: int = SCHEMA_VERSION
+    suite: str | None = None
+    error: str | None = None
+    #: denormalised from the spec for readers and ``grep`` (task, pair, teacher, student, ...)
+    task: str | None = None
+    pair: str | None = None
+    teacher: str | None = None
+    student: str | None = None
+    method: str | None = None
+    loss: str | None = None
+    seed: int | None = None
+    #: split (``test``, ``test_last``, ``val``, ``val_last``) → metric → value
+    metrics: dict[str, Metrics] = dataclasses.field(default_factory=dict)
+    primary_metric: dict[str, Any] | None = None
+    metric_directions: dict[str, bool] = dataclasses.field(default_factory=dict)
+    selected_epoch: int | None = None
+    teacher_metrics: dict[str, Any] | None = None
+    diagnostics: dict[str, Metrics] = dataclasses.field(default_factory=dict)
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    loss_hparams: dict[str, Any] | None = None
+    timing: dict[str, Any] = dataclasses.field(default_factory=dict)
+    resources: dict[str, Any] = dataclasses.field(default_factory=dict)
+    student_params: int | None = None
+    attempts: int = 1
+    started: str | None = None
+    finished: str | None = None
+    provenance: Provenance = dataclasses.field(default_factory=Provenance)
+    #: the suite's report roles (proposed, reference, baseline)
+    roles: ReportRoles | None = None
+    search: SearchInfo | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def with_timing(self, **timing: Any) -> RunRecord:
+        return dataclasses.replace(self, timing={**self.timing, **timing})
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready data (NaN stays NaN: Python's json reads and writes it)."""
+        out = dataclasses.asdict(self)
+        out["spec"] = to_dict(self.spec)
+        return out
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in data.items() if k not in ("git_commit", "versions", "hardware")}
+    out["provenance"] = {"git_commit": data.get("git_commit"), "versions": data.get("versions") or {},
+                         "hardware": data.get("hardware") or {}}
+    out["schema_version"] = 2
+    return out
+
+
+def read_record(data: Any, source: str = "record") -> RunRecord:
+    """A stored record as a :class:`RunRecord`, upgraded from an older schema version."""
+    if not isinstance(data, dict):
+        raise RecordError(f"{source}: a record must be a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version")
+    if version not in READABLE_VERSIONS:
+        newer = isinstance(version, int) and version > SCHEMA_VERSION
+        raise RecordVersionError(
+            f"{source}: record schema version {version!r}; this cist_bench reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}. " +
+            ("Upgrade cist_bench (pip install -U cist_bench) to read it." if newer else
+             "Re-run the suite to write it again, or read it with the cist_bench that wrote it."))
+    if version == 1:
+        data = _upgrade_v1(data)
+    try:
+        return adapter(RunRecord).validate_python(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = render_loc(tuple(s for s in err["loc"] if isinstance(s, (str, int))))
+        raise RecordError(f"{source}: not a valid run record: {where}: {err['msg']}") from None
+
+
+# ------------------------------------------------------------------------------ writing
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,48 +212,30 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def make_record(spec: RunSpec, *, status: str, outcome: dict[str, Any] | None = None,
+def make_record(spec: RunSpec, *, status: Literal["ok", "failed"], outcome: Any = None,
                 error: str | None = None, suite: str | None = None, started: str | None = None,
-                wall_seconds: float | None = None, executor: str | None = None,
-                attempts: int = 1, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Build a record. ``outcome`` is what :func:`cist_bench.engine.train_run` returned."""
-    if status not in ("ok", "failed"):
-        raise ValueError(f"status must be 'ok' or 'failed', got {status!r}")
-    outcome = dict(outcome or {})
-    outcome.pop("best_state", None)  # weights are not part of a record
-    record: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": spec.run_id,
-        "suite": suite,
-        "task": spec.task.name,
-        "pair": spec.pair_name,
-        "teacher": spec.teacher.model.name if spec.teacher else None,
-        "student": spec.student.name,
-        "method": spec.loss.method,
-        "loss": spec.loss.name,
-        "seed": spec.seed,
-        "status": status,
-        "error": error,
-        "spec": to_dict(spec),
-        "metrics": outcome.get("metrics", {}),
-        "primary_metric": outcome.get("primary_metric"),
-        "metric_directions": outcome.get("metric_directions", {}),
-        "selected_epoch": outcome.get("selected_epoch"),
-        "teacher_metrics": outcome.get("teacher"),
-        "diagnostics": outcome.get("diagnostics", {}),
-        "history": outcome.get("history", []),
-        "loss_hparams": outcome.get("loss_hparams"),
-        "timing": {**outcome.get("timing", {}), "wall_seconds": wall_seconds},
-        "resources": {**to_dict(spec.resources), "world_size": outcome.get("world_size"),
-                      "device": outcome.get("device"), "executor": executor},
-        "student_params": outcome.get("student_params"),
-        "attempts": attempts,
-        "started": started,
-        "finished": now(),
-        "git_commit": git_commit(),
-        "versions": library_versions(),
-        "hardware": hardware(),
-    }
-    if extra:
-        record.update(extra)
-    return record
+                wall_seconds: float | None = None, executor: str | None = None, attempts: int = 1,
+                roles: ReportRoles | dict[str, str] | None = None,
+                search: SearchInfo | None = None) -> RunRecord:
+    """The record of ``spec``. ``outcome`` is the engine's :class:`~cist_bench.engine.Outcome`
+    (or ``None`` for a run that failed before it produced one)."""
+    o = outcome
+    return RunRecord(
+        run_id=spec.run_id, status=status, spec=spec, suite=suite, error=error,
+        task=spec.task.name, pair=spec.pair_name, teacher=spec.teacher.model.name if spec.teacher else None,
+        student=spec.student.name, method=spec.loss.method, loss=spec.loss.name, seed=spec.seed,
+        metrics=dict(o.metrics) if o else {},
+        primary_metric=dict(o.primary_metric) if o else None,
+        metric_directions=dict(o.metric_directions) if o else {},
+        selected_epoch=o.selected_epoch if o else None,
+        teacher_metrics=o.teacher if o else None,
+        diagnostics=dict(o.diagnostics) if o else {},
+        history=list(o.history) if o else [],
+        loss_hparams=dict(o.loss_hparams) if o and o.loss_hparams is not None else None,
+        timing={**(o.timing if o else {}), "wall_seconds": wall_seconds},
+        resources={**to_dict(spec.resources), "world_size": o.world_size if o else None,
+                   "device": o.device if o else None, "executor": executor},
+        student_params=o.student_params if o else None,
+        attempts=attempts, started=started, finished=now(),
+        provenance=Provenance(git_commit(), library_versions(), hardware()),
+        roles=ReportRoles(**roles) if isinstance(roles, dict) else roles, search=search)

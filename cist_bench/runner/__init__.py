@@ -1,5 +1,14 @@
-"""The only package that imports Ray: campaigns (Tune) whose runs execute on Ray Train."""
+"""The only package that imports Ray: campaigns and searches as Tune experiments of units,
+executed by one trial function (:mod:`~cist_bench.runner.trial`) on pluggable executors.
 
-from cist_bench.runner.campaign import CampaignResult, resolve_executor, run_campaign
+* :mod:`~cist_bench.runner.campaign` — ``run_campaign`` (``cist-bench run``);
+* :mod:`~cist_bench.runner.search` — ``run_search`` (``cist-bench tune``);
+* :mod:`~cist_bench.runner.experiment` — the Tune experiment, progress, teacher jobs;
+* :mod:`~cist_bench.runner.trial` — the trial function; :mod:`~cist_bench.runner.unit` — a
+  unit's execution and record; :mod:`~cist_bench.runner.executors` — ``local``, ``train``;
+* :mod:`~cist_bench.runner.teachers` — training recipe teachers once (locks, failure markers;
+  plain Python, usable without Ray).
 
-__all__ = ["CampaignResult", "resolve_executor", "run_campaign"]
+This package's ``__init__`` imports nothing, so :mod:`~cist_bench.runner.teachers` and the
+executor names can be used where Ray is not installed.
+"""

@@ -1,16 +1,16 @@
-"""Running a search on Ray Tune: one Tune experiment per (task, pair, method), equal budgets.
+"""A search on Ray Tune: one experiment per (task, pair, method), equal budgets, the same trials.
 
-For every group (task, pair, method) of a :class:`~cist_bench.search.config.SearchSuite`:
+For every group (task, pair, method) of a :class:`~cist_bench.config.search.SearchPlan`:
 
 * the same budget: ``num_samples`` trials, each trained for at most ``max_epochs`` epochs, the
   same scheduler and search algorithm (a group is its own experiment, so ASHA compares a
   method's trials only with each other, and Optuna models one method's space);
 * the objective is the task's primary metric on the **validation** split (``val_<metric>``, the
-  direction from the task), reported by the trial after every epoch; ASHA (``time_attr:
-  epoch``) stops the unpromising trials at its rungs;
-* trials are :func:`~cist_bench.runner.search_trial.search_trial`: one run each, one record each.
-
-Recipe teachers are trained once, before the first group, in parallel Ray tasks.
+  direction from the task), reported after every epoch; ASHA (``time_attr: epoch``) stops the
+  unpromising trials at its rungs;
+* every trial is a unit run by :func:`~cist_bench.runner.trial.run_trial` — the campaign's trial
+  function, with the suite's executor: a data-parallel suite has data-parallel trials (Ray Train
+  inside the Tune trial) — and ends in one record with the search's provenance.
 
 Output (``<output>``)::
 
@@ -32,6 +32,7 @@ starts normally. A search whose plan changed (other suite, budget or spaces) is 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -46,14 +47,28 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from cist_bench.results import ResultStore, make_record
+from cist_bench.config.search import Group, SearchPlan, trial_spec
+from cist_bench.results import ReportRoles, ResultStore, RunRecord
 from cist_bench.results.store import atomic_write_text
 from cist_bench.runner.cluster import init_ray, shutdown_ray
-from cist_bench.runner.search_trial import INDEX_KEY, POINT_KEY, is_final, search_trial, trial_index_of, trial_name
-from cist_bench.search.config import Group, SearchSuite, trial_spec
-from cist_bench.search.hparams import select_best, write_best
-from cist_bench.search.space import round_point
-from cist_bench.spec import RunSpec, TaskSpec, TeacherSpec, from_dict, to_dict
+from cist_bench.runner.executors import resolve_executor
+from cist_bench.runner.experiment import (
+    PROGRESS_INTERVAL_S,
+    Progress,
+    default_concurrency,
+    finish_teachers,
+    grid,
+    grid_errors,
+    reconcile,
+    start_teachers,
+    tuner,
+    unit_resources,
+)
+from cist_bench.runner.trial import POINT_KEY, UNIT_KEY
+from cist_bench.runner.unit import Context, Unit, checkpoint_dir
+from cist_bench.search.best import select_best, write_best
+from cist_bench.search.space import Dim, round_point
+from cist_bench.spec import to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -69,25 +84,25 @@ class SearchError(RuntimeError):
 @dataclass
 class GroupResult:
     group: Group
-    records: list[dict[str, Any]]
-    best: dict[str, Any] | None
+    records: list[RunRecord]
+    best: RunRecord | None
     best_full_budget: bool
 
     @property
     def ok(self) -> int:
-        return sum(r["status"] == "ok" for r in self.records)
+        return sum(r.ok for r in self.records)
 
     @property
     def failed(self) -> int:
-        return sum(r["status"] != "ok" for r in self.records)
+        return sum(not r.ok for r in self.records)
 
     @property
     def early_stopped(self) -> int:
-        return sum(r["status"] == "ok" and bool(r["search"].get("early_stopped")) for r in self.records)
+        return sum(r.ok and r.search.early_stopped for r in self.records)
 
     @property
     def epochs_run(self) -> int:
-        return sum(int(r["search"].get("epochs_run") or 0) for r in self.records)
+        return sum(r.search.epochs_run for r in self.records)
 
 
 @dataclass
@@ -107,237 +122,120 @@ class SearchResult:
         return sum(g.failed for g in self.groups)
 
 
-# ------------------------------------------------------------------------------- scheduler
-
-
 class ResumableASHA(ASHAScheduler):
     """ASHA that, when a trial is (re-)added, fills the rungs the trial already passed from its
     record's per-epoch history — so a resumed search judges its trials against the rungs of the
     trials finished before the interruption (Tune does not save a scheduler's state)."""
 
-    def __init__(self, *, records_dir: str, search_id: str, primary: str,
-                 run_ids: dict[str, str], **kwargs: Any) -> None:
+    def __init__(self, *, output: str, search_id: str, primary: str, run_ids: dict[str, str],
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.records_dir, self.search_id, self.primary = records_dir, search_id, primary
-        self.run_ids = run_ids
+        self.output, self.search_id, self.primary, self.run_ids = output, search_id, primary, run_ids
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(tune_controller, trial)
+        unit = trial.config.get(UNIT_KEY)
         run_id = (trial.last_result or {}).get("run_id") or \
-            self.run_ids.get(str(trial.config.get(INDEX_KEY)))
-        path = Path(self.records_dir) / f"{run_id}.json"
-        if not run_id or not path.is_file():
+            (Unit.from_config(unit).run_id if isinstance(unit, dict) else None)
+        record = ResultStore(self.output).get(run_id) if run_id else None
+        if record is None or not record.ok or record.search is None or record.search.id != self.search_id:
             return
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return
-        if (record.get("search") or {}).get("id") != self.search_id or record.get("status") != "ok":
-            return
-        history = record.get("history") or []
         bracket = self._trial_info[trial.trial_id]
         for milestone, recorded in bracket._rungs:
-            entry = next((h for h in history if h.get("epoch", 0) >= milestone), None)
+            entry = next((h for h in record.history if h.get("epoch", 0) >= milestone), None)
             value = ((entry or {}).get("val") or {}).get(self.primary)
             if isinstance(value, (int, float)) and math.isfinite(value) and trial.trial_id not in recorded:
                 recorded[trial.trial_id] = self._metric_op * value
 
 
-class _Progress(tune.Callback):
-    """One line per finished trial (picklable: Tune saves its callbacks)."""
-
-    def __init__(self, records_dir: str, label: str, total: int, metric: str) -> None:
-        self.records_dir, self.label, self.total, self.metric = records_dir, label, total, metric
-        self.done = 0
-        self.t0 = time.perf_counter()
-
-    def setup(self, **info: Any) -> None:  # also after a restore (the saved clock is stale)
-        self.done = 0
-        self.t0 = time.perf_counter()
-
-    def _line(self, trial: Any) -> None:
-        self.done += 1
-        run_id = (trial.last_result or {}).get("run_id")
-        record = None
-        if run_id and (Path(self.records_dir) / f"{run_id}.json").is_file():
-            record = json.loads((Path(self.records_dir) / f"{run_id}.json").read_text(encoding="utf-8"))
-        if record is None:
-            what = "no record"
-        elif record["status"] != "ok":
-            what = "failed: " + (record.get("error") or "").splitlines()[0][:100]
-        else:
-            s = record["search"]
-            value = (record["metrics"].get("val") or {}).get(self.metric[len("val_"):])
-            what = (f"{self.metric} {value:.4f}" if isinstance(value, (int, float)) else "no value") + \
-                (f", stopped early after {s['epochs_run']} epochs" if s.get("early_stopped")
-                 else f" ({s['epochs_run']} epochs)")
-        print(f"  [{self.label} {self.done}/{self.total} | {time.perf_counter() - self.t0:.0f}s] "
-              f"trial {trial_index_of(trial)}: {what}", file=sys.stderr, flush=True)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._line(trial)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._line(trial)
+def tune_domain(dim: Dim) -> Any:
+    """The ``ray.tune`` domain of a distribution (for model-based searchers such as Optuna)."""
+    if dim.kind == "uniform":
+        return tune.uniform(*dim.args)
+    if dim.kind == "loguniform":
+        return tune.loguniform(*dim.args)
+    if dim.kind == "randint":
+        return tune.randint(*dim.args)
+    if dim.kind == "choice":
+        return tune.choice(list(dim.args))
+    return tune.grid_search(list(dim.args))
 
 
-# ----------------------------------------------------------------------------------- driver
+def search_context(plan: SearchPlan, group: Group, output: Path, *, max_failures: int, cache_root: Path,
+                   storage: str, executor: str, roles: dict[str, str] | None) -> Context:
+    return Context(
+        output=str(output), cache_root=str(cache_root), storage=storage, suite=plan.name,
+        max_failures=max_failures, roles=roles or dataclasses.asdict(ReportRoles()), metric=group.metric,
+        max_epochs=plan.max_epochs,
+        search={"name": plan.name, "id": plan.id, "group": group.key, "budget": plan.budget(),
+                "objective": {"split": "val", "metric": group.primary, "mode": group.mode}},
+        proposals={"base": to_dict(group.base), "loss": group.loss, "fixed": group.fixed, "executor": executor})
 
 
-def _train_teacher(teacher: dict[str, Any], task: dict[str, Any], cache_root: str) -> str:
-    from cist_bench.teachers import resolve_teacher
-
-    return resolve_teacher(from_dict(TeacherSpec, teacher), from_dict(TaskSpec, task),
-                           cache_root=Path(cache_root)).id
+def group_units(group: Group, executor: str) -> list[Unit]:
+    return [Unit(t.spec, executor, t.index, t.config, t.hparams) for t in group.trials]
 
 
-def _ensure_teachers(search: SearchSuite, cache_root: Path) -> None:
-    """Train every recipe teacher the groups need, once, in parallel Ray tasks."""
-    from cist_bench.losses import LOSSES
-    from cist_bench.teachers import teacher_id
-
-    needed: dict[str, RunSpec] = {}
-    for group in search.groups:
-        spec = group.base
-        if spec.teacher is not None and getattr(LOSSES.get(spec.loss.name), "needs_teacher", True):
-            needed.setdefault(teacher_id(spec.teacher, spec.task), spec)
-    if not needed:
-        return
-    futures = {}
-    for tid, spec in needed.items():
-        res = spec.resources
-        remote = ray.remote(_train_teacher).options(
-            num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker if res.use_gpu else 0, max_retries=1)
-        futures[tid] = remote.remote(to_dict(spec.teacher), to_dict(spec.task), str(cache_root))
-    print(f"teachers: {len(futures)} (trained once, cached in {cache_root})", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    for tid, future in futures.items():
-        try:
-            ray.get(future)
-        except Exception as err:
-            raise SearchError(f"teacher {tid} could not be trained: {type(err).__name__}: {err}") from err
-        print(f"  teacher {needed[tid].teacher.model.name} ({tid}) ready after "
-              f"{time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
-
-
-def _resources(spec: RunSpec) -> dict[str, float]:
-    res = spec.resources
-    out = {"CPU": float(res.cpus_per_worker)}
-    if res.use_gpu:
-        out["GPU"] = float(res.gpus_per_worker)
-    return out
-
-
-def _concurrency(search: SearchSuite, cluster: dict[str, Any], requested: int | None) -> int:
-    wanted = requested or search.search.max_concurrent or search.suite.max_concurrent
-    if wanted:
-        return wanted
-    res = search.groups[0].base.resources
-    if res.use_gpu:
-        return max(1, int(cluster.get("GPU", 1) // max(res.gpus_per_worker, 1e-9)))
-    return max(1, int(cluster.get("CPU", 1) // max(res.cpus_per_worker, 1e-9)))
-
-
-def group_context(search: SearchSuite, group: Group, output: Path, max_failures: int,
-                  cache_root: Path) -> dict[str, Any]:
-    """What every trial of ``group`` needs (JSON-ready)."""
-    return {
-        "output": str(output), "cache_root": str(cache_root), "suite": search.name,
-        "max_failures": max_failures, "metric": group.metric, "max_epochs": search.search.max_epochs,
-        "search": {"name": search.name, "id": search.id, "group": group.key,
-                   "budget": search.search.budget(),
-                   "objective": {"split": "val", "metric": group.primary, "mode": group.mode}},
-        "group": {"task": group.task, "pair": group.pair, "method": group.method, "loss": group.loss},
-        "trials": {str(t.index): {"config": t.config, "hparams": t.hparams, "spec": to_dict(t.spec),
-                                  "run_id": t.spec.run_id} for t in group.trials},
-        "base_spec": to_dict(group.base), "fixed": group.fixed,
-    }
-
-
-def _tuner(search: SearchSuite, group: Group, output: Path, ctx: dict[str, Any], *, resume: bool,
-           concurrency: int, max_failures: int) -> tune.Tuner:
-    trainable = tune.with_resources(tune.with_parameters(search_trial, ctx=ctx), _resources(group.base))
-    storage = output / "tune"
-    path = storage / group.key
-    if resume and tune.Tuner.can_restore(str(path)):
-        print(f"{group.describe()}: resuming {path}", file=sys.stderr, flush=True)
-        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=True)
-    if path.exists():  # an experiment that never saved its state: start it again
-        shutil.rmtree(path)
-    spec = search.search
-    if spec.scheduler.name == "fifo":
+def _group_tuner(plan: SearchPlan, group: Group, ctx: Context, units: list[Unit], cluster: dict[str, Any],
+                 *, resume: bool, concurrency: int, output: Path,
+                 progress_interval: float) -> tune.Tuner:
+    if plan.scheduler.name == "fifo":
         scheduler: Any = FIFOScheduler()
     else:
         scheduler = ResumableASHA(
-            records_dir=str(output / "records"), search_id=search.id, primary=group.primary,
-            run_ids={str(t.index): t.spec.run_id for t in group.trials},
-            time_attr="epoch", max_t=spec.max_epochs, grace_period=spec.scheduler.grace_period,
-            reduction_factor=spec.scheduler.reduction_factor)
-    search_alg = None
-    if spec.algorithm == "optuna":
+            output=str(output), search_id=plan.id, primary=group.primary,
+            run_ids={str(u.trial_index): u.run_id for u in units}, time_attr="epoch", max_t=plan.max_epochs,
+            grace_period=plan.scheduler.grace_period, reduction_factor=plan.scheduler.reduction_factor)
+    executor = ctx.proposals["executor"]
+    resources = unit_resources(cluster)
+    if plan.algorithm == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        search_alg = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.seed))
-        param_space: dict[str, Any] = {POINT_KEY: {d.name: d.tune_domain() for d in group.space.dims}}
-        num_samples = spec.num_samples
+        search_alg: Any = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=plan.seed))
+        param_space: dict[str, Any] = {POINT_KEY: {d.name: tune_domain(d) for d in group.space.dims}}
+        fixed = Unit(group.base, executor).to_config()
+        resources = unit_resources(cluster, fallback=fixed)
+        num_samples = plan.num_samples
     else:
-        param_space = {INDEX_KEY: tune.grid_search([t.index for t in group.trials])}
-        num_samples = 1
-    return tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            metric=group.metric, mode=group.mode, scheduler=scheduler, search_alg=search_alg,
-            num_samples=num_samples, max_concurrent_trials=concurrency, reuse_actors=True,
-            trial_name_creator=trial_name, trial_dirname_creator=trial_name),
-        run_config=tune.RunConfig(
-            name=group.key, storage_path=str(storage),
-            failure_config=tune.FailureConfig(max_failures=max_failures),
-            callbacks=[_Progress(str(output / "records"), group.method, spec.num_samples, group.metric)],
-            verbose=0),
-    )
+        search_alg, param_space, num_samples = None, grid(units), 1
+    storage = output / "tune"
+    path = storage / group.key
+    if path.exists() and not (resume and tune.Tuner.can_restore(str(path))):
+        shutil.rmtree(path)  # an experiment that never saved its state: start it again
+    return tuner(ctx, name=group.key, storage=storage, param_space=param_space, resources=resources,
+                 concurrency=concurrency, metric=group.metric, mode=group.mode, scheduler=scheduler,
+                 search_alg=search_alg, num_samples=num_samples, restore=resume, reuse_actors=True,
+                 callbacks=[Progress(str(output), group.method, plan.num_samples, group.metric,
+                                     interval=progress_interval)])
 
 
-def _reconcile(search: SearchSuite, group: Group, grid: Any, store: ResultStore, ctx: dict[str, Any]) -> None:
-    """Every trial Tune ran ends in a record: an errored trial's record says failed."""
-    for i in range(len(grid)):
-        result = grid[i]
-        if result.error is None:
-            continue
+def _unit_of_result(group: Group, executor: str):  # type: ignore[no-untyped-def]
+    def unit_of(result: Any) -> Unit | None:
         config = result.config or {}
+        if UNIT_KEY in config:
+            return Unit.from_config(config[UNIT_KEY])
         try:
-            if INDEX_KEY in config:
-                plan = next(t for t in group.trials if t.index == int(config[INDEX_KEY]))
-                spec, point, hp, index = plan.spec, plan.config, plan.hparams, plan.index
-            else:
-                point = round_point(config.get(POINT_KEY) or {})
-                spec, hp = trial_spec(group.base, group.loss, group.fixed, point)
-                index = int((result.metrics or {}).get("trial_index", -1))
+            point = round_point(config.get(POINT_KEY) or {})
+            spec, hp = trial_spec(group.base, group.loss, group.fixed, point)
         except Exception:  # an invalid point: nothing was trained, nothing to record
-            continue
-        old = store.get(spec.run_id)
-        if is_final(old, search.id) or (old is not None and old.get("status") == "failed"):
-            continue
-        epochs = int(((old or {}).get("search") or {}).get("epochs_run") or 0)
-        store.write(make_record(spec, status="failed", suite=search.name,
-                                error=f"trial errored: {str(result.error)[-3000:]}",
-                                extra={"search": {**ctx["search"], "trial_index": index, "config": point,
-                                                  "hparams": hp, "early_stopped": False,
-                                                  "epochs_run": epochs}}))
+            return None
+        return Unit(spec, executor, int((result.metrics or {}).get("trial_index", -1)), point, hp)
+
+    return unit_of
 
 
-def group_records(store: ResultStore, search_id: str, group_key: str) -> list[dict[str, Any]]:
-    records = [r for r in store if (r.get("search") or {}).get("id") == search_id
-               and r["search"].get("group") == group_key]
-    return sorted(records, key=lambda r: (r["search"].get("trial_index") or 0, r["run_id"]))
+def group_records(store: ResultStore, search_id: str, group_key: str) -> list[RunRecord]:
+    records = [r for r in store if r.search is not None and r.search.id == search_id
+               and r.search.group == group_key]
+    return sorted(records, key=lambda r: (r.search.trial_index, r.run_id))
 
 
-def run_search(search: SearchSuite, output: str | Path, *, address: str | None = None,
+def run_search(plan: SearchPlan, output: str | Path, *, executor: str = "auto", address: str | None = None,
                resume: bool = False, max_concurrent: int | None = None, num_cpus: int | None = None,
-               max_failures: int = 1, keep_ray: bool = False,
-               cache_root: str | Path | None = None) -> SearchResult:
+               max_failures: int = 1, keep_ray: bool = False, cache_root: str | Path | None = None,
+               storage: str | None = None, roles: dict[str, str] | None = None,
+               suite_file: str | None = None, progress_interval: float = PROGRESS_INTERVAL_S) -> SearchResult:
     """Run (or resume) a validated search; write the records, ``best_hparams.yaml`` and
     ``sensitivity.md``. Ray starts (or is joined) here. ``cache_root``: where teachers are
     trained and cached (default ``<output>/teachers_cache``)."""
@@ -350,74 +248,83 @@ def run_search(search: SearchSuite, output: str | Path, *, address: str | None =
         if not resume:
             raise SearchError(f"{output} already holds search {old.get('name')!r} ({old.get('id')}): pass "
                               "--resume to continue it, or choose another --output")
-        if old.get("id") != search.id:
+        if old.get("id") != plan.id:
             raise SearchError(f"{output} holds search {old.get('id')}, but the suite now describes search "
-                              f"{search.id} (its runs, budget or spaces changed): use another --output")
+                              f"{plan.id} (its runs, budget or spaces changed): use another --output")
     elif resume:
         print(f"nothing to resume in {output}: starting the search", file=sys.stderr)
-    atomic_write_text(plan_file, json.dumps(search.plan_data(), indent=1, default=str) + "\n")
+    executors = {g.key: resolve_executor(g.base.resources, executor) for g in plan.groups}
+    atomic_write_text(plan_file, json.dumps({**plan.to_data(), "suite_file": suite_file}, indent=1,
+                                            default=str) + "\n")
     store = ResultStore(output)
+    storage = storage or str(output / "ray" / "train")
     started_here = not ray.is_initialized()
     cluster = init_ray(address, num_cpus=num_cpus)
     try:
-        _ensure_teachers(search, cache_root)
-        concurrency = _concurrency(search, cluster, max_concurrent)
-        for group in search.groups:
-            ctx = group_context(search, group, output, max_failures, cache_root)
-            print(f"{group.describe()}: {search.search.num_samples} trials, objective {group.metric} "
-                  f"({group.mode}), {concurrency} at once", file=sys.stderr, flush=True)
-            tuner = _tuner(search, group, output, ctx, resume=resume, concurrency=concurrency,
-                           max_failures=max_failures)
-            grid = tuner.fit()
-            _reconcile(search, group, grid, store, ctx)
-            if grid.num_terminated == len(grid):  # the group is over: no trial will resume
-                for record in group_records(store, search.id, group.key):
-                    shutil.rmtree(output / "checkpoints" / record["run_id"], ignore_errors=True)
+        first = search_context(plan, plan.groups[0], output, max_failures=max_failures, cache_root=cache_root,
+                               storage=storage, executor=executors[plan.groups[0].key], roles=roles)
+        jobs = start_teachers([g.base for g in plan.groups],
+                              {g.base.run_id: executors[g.key] for g in plan.groups}, first, cluster)
+        for group in plan.groups:
+            ctx = search_context(plan, group, output, max_failures=max_failures, cache_root=cache_root,
+                                 storage=storage, executor=executors[group.key], roles=roles)
+            units = group_units(group, executors[group.key])
+            concurrency = default_concurrency([Unit(group.base, executors[group.key])], cluster,
+                                              max_concurrent or plan.max_concurrent)
+            print(f"{group.describe()}: {plan.num_samples} trials, objective {group.metric} ({group.mode}), "
+                  f"{concurrency} at once", file=sys.stderr, flush=True)
+            result_grid = _group_tuner(plan, group, ctx, units, cluster, resume=resume,
+                                       concurrency=concurrency, output=output,
+                                       progress_interval=progress_interval).fit()
+            unit_of = _unit_of_result(group, executors[group.key])
+            errors = grid_errors(result_grid, unit_of)
+            proposed = [u for u in (unit_of(result_grid[i]) for i in range(len(result_grid))) if u]
+            reconcile(units or proposed, ctx, errors)
+            if result_grid.num_terminated == len(result_grid):  # the group is over: no trial will resume
+                for record in group_records(store, plan.id, group.key):
+                    shutil.rmtree(checkpoint_dir(ctx, record.run_id), ignore_errors=True)
+        finish_teachers(jobs)
     finally:
         if started_here and not keep_ray:
             shutdown_ray()
-    result = summarise(search, output)
+    result = summarise(plan, output, suite_file=suite_file)
     result.wall_seconds = time.perf_counter() - t0
     return result
 
 
-def summarise(search: SearchSuite, output: str | Path) -> SearchResult:
+def summarise(plan: SearchPlan, output: str | Path, *, suite_file: str | None = None) -> SearchResult:
     """Collect the records of each group; write ``best_hparams.yaml`` and ``sensitivity.md``."""
-    from cist_bench.search.sensitivity import write_sensitivity
+    from cist_bench.report.sensitivity import write_sensitivity
 
     output = Path(output)
     store = ResultStore(output)
     result = SearchResult(output=output)
     entries = []
-    for group in search.groups:
-        records = group_records(store, search.id, group.key)
+    for group in plan.groups:
+        records = group_records(store, plan.id, group.key)
         best, full = select_best(records)
-        result.groups.append(GroupResult(group, records, dict(best) if best else None, full))
+        result.groups.append(GroupResult(group, records, best, full))
         if best is None:
             continue
-        s = best["search"]
-        primary = best["primary_metric"]
+        s = best.search
+        primary = best.primary_metric
         entries.append({
             "task": group.task, "pair": group.pair, "method": group.method,
-            "hparams": dict(s["hparams"]), "config": dict(s["config"]),
-            "val": best["metrics"]["val"][primary["name"]], "metric": primary["name"],
-            "higher_is_better": primary["higher_is_better"], "trial_index": s["trial_index"],
-            "run_id": best["run_id"], "epochs_run": s["epochs_run"], "full_budget": full,
-            "trials": len(records), "completed": sum(not r["search"].get("early_stopped") and
-                                                     r["status"] == "ok" for r in records),
-            "early_stopped": sum(bool(r["search"].get("early_stopped")) and r["status"] == "ok"
-                                 for r in records),
-            "failed": sum(r["status"] != "ok" for r in records),
-            "loss": group.loss, "fixed": group.fixed,
+            "hparams": dict(s.hparams), "config": dict(s.config),
+            "val": best.metrics["val"][primary["name"]], "metric": primary["name"],
+            "higher_is_better": primary["higher_is_better"], "trial_index": s.trial_index,
+            "run_id": best.run_id, "epochs_run": s.epochs_run, "full_budget": full,
+            "trials": len(records), "completed": sum(r.ok and not r.search.early_stopped for r in records),
+            "early_stopped": sum(r.ok and r.search.early_stopped for r in records),
+            "failed": sum(not r.ok for r in records), "loss": group.loss,
         })
-    header = {"name": search.name, "id": search.id, "suite_file": str(search.path),
+    header = {"name": plan.name, "id": plan.id, "suite_file": suite_file,
               "objective": "the task's primary metric on the validation split (never test)",
-              "budget": search.search.budget(), "seed": search.search.seed,
-              "trials_train_seed": search.suite.seeds[0]}
+              "budget": plan.budget(), "seed": plan.seed, "trials_train_seed": plan.train_seed}
     result.best_file = output / BEST_FILE
     write_best(result.best_file, header, entries)
     result.sensitivity_file = output / SENSITIVITY_FILE
-    write_sensitivity(result.sensitivity_file, search, result.groups)
+    write_sensitivity(result.sensitivity_file, plan, result.groups)
     return result
 
 

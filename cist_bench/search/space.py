@@ -13,7 +13,8 @@ A space maps hyperparameter names to one distribution each::
 uses ``<p>_max = <p>_min + <p>_span``, so a positive span makes ``<p>_min < <p>_max`` hold for
 every point of the box by construction — no trial is ever clipped or rejected for it.
 
-Everything here is plain Python: the Tune domains are built only by :meth:`Dim.tune_domain`.
+Everything here is plain Python: the Tune domains (for a model-based searcher such as Optuna)
+are built in the runner (:func:`cist_bench.runner.search.tune_domain`).
 """
 
 from __future__ import annotations
@@ -106,20 +107,6 @@ class Dim:
             return f"{self.name}={value!r}"
         lo = self.args[0]
         return f"{self.name}={value!r} ({'lower' if value == lo else 'upper'} bound)"
-
-    def tune_domain(self) -> Any:
-        """The equivalent ``ray.tune`` domain (for model-based searchers such as Optuna)."""
-        from ray import tune
-
-        if self.kind == "uniform":
-            return tune.uniform(*self.args)
-        if self.kind == "loguniform":
-            return tune.loguniform(*self.args)
-        if self.kind == "randint":
-            return tune.randint(*self.args)
-        if self.kind == "choice":
-            return tune.choice(list(self.args))
-        return tune.grid_search(list(self.args))
 
 
 def parse_dim(name: str, raw: Any) -> Dim:

@@ -1,30 +1,26 @@
-"""Teachers: checkpoints or cached training recipes, the frozen wrapper, and cached outputs.
+"""Teachers in the engine: ids, loading, and the teacher-output cache.
 
 * A **checkpoint** teacher is a state-dict file (``torch.save``), verified against its
   ``sha256`` when one is given (a mismatch is refused).
 * A **recipe** teacher (model + task + training recipe + seed) is trained once and cached
-  content-addressed under ``<cache_root>/teachers/<hash of the full recipe>/``; every run,
-  method and seed naming the same recipe reuses it. A file lock makes this safe when several
-  processes need the same missing teacher: one trains, the others wait and load.
-* :class:`FrozenTeacher` is always in eval mode, never builds a graph, and renormalises inputs
-  when the teacher was trained with other normalisation statistics than the student's data.
-* :class:`TeacherRuntime` serves teacher logits to the engine. For inputs without random
-  augmentation (evaluation splits, language tasks, vision runs with ``augment: false``) the
-  logits are computed once per (teacher, task, split) and reused by every student run,
-  in memory and on disk. Large vocabularies keep the top-k logits plus the log-normaliser and
-  are densified on use (see :func:`densify_topk`).
+  content-addressed under ``<cache_root>/teachers/<hash of the full recipe>/``. Training it, and
+  making several processes agree on who does, is the runner's part
+  (:mod:`cist_bench.runner.teachers`); the engine only loads a trained one.
+* A **pretrained** teacher is a model whose builder loads its own weights.
+* :class:`TeacherRuntime` serves teacher logits to the engine through the frozen wrapper
+  (:class:`~cist_bench.models.frozen.FrozenTeacher`). For inputs without random augmentation
+  (evaluation splits, language tasks, vision runs with ``augment: false``) the logits are
+  computed once per (teacher, task, split) and reused by every student run, in memory and on
+  disk. Large vocabularies keep the top-k logits plus the log-normaliser and are densified on
+  use (see :func:`densify_topk`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import io
 import json
 import logging
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +30,11 @@ from torch import nn
 
 from cist_bench.data import create_task
 from cist_bench.data.base import Task, atomic_write_bytes, cache_dir
+from cist_bench.engine.batches import IndexedDataset, amp_context, build_model, to_device
 from cist_bench.engine.distributed import DistInfo, ShardSampler
+from cist_bench.engine.outcome import Outcome
+from cist_bench.losses import resolve_hparams
+from cist_bench.models.frozen import FrozenTeacher
 from cist_bench.spec import LossSpec, RunSpec, TaskSpec, TeacherSpec, spec_id, to_dict
 
 logger = logging.getLogger(__name__)
@@ -42,10 +42,12 @@ logger = logging.getLogger(__name__)
 #: vocabularies larger than this are cached as top-k logits (+ log-normaliser)
 DENSE_OUTPUT_LIMIT = 4096
 DEFAULT_TOPK = 64
+#: a trained recipe teacher's weights (their presence marks it done) and its metadata
+WEIGHTS_FILE, META_FILE = "model.pt", "meta.json"
 
 
 class TeacherError(RuntimeError):
-    """A teacher cannot be loaded (missing file, checksum mismatch, bad state dict)."""
+    """A teacher cannot be loaded (missing file, checksum mismatch, bad state dict, not trained)."""
 
 
 def sha256_file(path: Path) -> str:
@@ -54,18 +56,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (POSIX ``flock``) held for the ``with`` block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def teacher_task_spec(spec: TeacherSpec, run_task: TaskSpec) -> TaskSpec:
@@ -77,7 +67,8 @@ def recipe_run_spec(spec: TeacherSpec, run_task: TaskSpec) -> RunSpec:
     if spec.train is None:
         raise TeacherError("a teacher needs either `checkpoint` or `train` (a recipe)")
     return RunSpec(task=teacher_task_spec(spec, run_task), student=spec.model,
-                   loss=LossSpec("ce"), train=spec.train, teacher=None, seed=spec.seed)
+                   loss=LossSpec("ce", resolve_hparams("ce", {})), train=spec.train, teacher=None,
+                   seed=spec.seed)
 
 
 def teacher_id(spec: TeacherSpec, run_task: TaskSpec) -> str:
@@ -116,53 +107,26 @@ def recipe_folder(spec: TeacherSpec, run_task: TaskSpec, cache_root: Path | None
 
 def is_trained(spec: TeacherSpec, run_task: TaskSpec, cache_root: Path | None) -> bool:
     return spec.checkpoint is not None or spec.pretrained or \
-        (recipe_folder(spec, run_task, cache_root) / "model.pt").is_file()
+        (recipe_folder(spec, run_task, cache_root) / WEIGHTS_FILE).is_file()
 
 
-def store_recipe_teacher(folder: Path, run: RunSpec, outcome: dict[str, Any],
-                         seconds: float) -> None:
+def store_recipe_teacher(folder: Path, run: RunSpec, outcome: Outcome, seconds: float) -> None:
     """Write a trained recipe teacher (weights last: their presence marks it done)."""
-    meta = {"spec": to_dict(run), "metrics": outcome["metrics"],
-            "primary_metric": outcome["primary_metric"],
-            "selected_epoch": outcome["selected_epoch"], "train_seconds": seconds,
-            "params": outcome["student_params"], "world_size": outcome["world_size"]}
-    atomic_write_bytes(folder / "meta.json", json.dumps(meta, indent=1).encode())
-    atomic_write_bytes(folder / "model.pt", outcome["best_state"])
-    logger.info("teacher %s: test %s", run.run_id, outcome["metrics"]["test"])
+    meta = {"spec": to_dict(run), "metrics": outcome.metrics, "primary_metric": outcome.primary_metric,
+            "selected_epoch": outcome.selected_epoch, "train_seconds": seconds,
+            "params": outcome.student_params, "world_size": outcome.world_size}
+    atomic_write_bytes(folder / META_FILE, json.dumps(meta, indent=1).encode())
+    atomic_write_bytes(folder / WEIGHTS_FILE, outcome.best_state)
+    logger.info("teacher %s: test %s", run.run_id, outcome.metrics["test"])
 
 
-FAILURE_FILE = "failed.txt"
-
-
-def lock_is_held(path: Path) -> bool:
-    """Whether another process holds the ``flock`` on ``path`` right now."""
-    if not path.exists():
-        return False
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-        return False
-
-
-def clear_failure(spec: TeacherSpec, run_task: TaskSpec, cache_root: Path | None) -> None:
-    if spec.checkpoint is None and not spec.pretrained:
-        (recipe_folder(spec, run_task, cache_root) / FAILURE_FILE).unlink(missing_ok=True)
-
-
-def resolve_teacher(spec: TeacherSpec, run_task: TaskSpec, *, cache_root: Path | None = None,
-                    record_failure: bool = False) -> LoadedTeacher:
-    """Load a checkpoint teacher, or train/load a cached recipe teacher (CPU module).
-
-    ``record_failure``: if training fails, leave a marker so that runs waiting for this teacher
-    fail with the reason instead of each training it again (the campaign clears it on retry).
-    """
-    from cist_bench.engine.loop import build_model, train_run
-
+def load_teacher(spec: TeacherSpec, run_task: TaskSpec, *, cache_root: Path | None = None) -> LoadedTeacher:
+    """A checkpoint (checksum verified), pretrained, or already trained recipe teacher, as a CPU
+    module. A recipe that is not trained yet raises :class:`TeacherError` (the runner trains it:
+    :func:`cist_bench.runner.teachers.ensure_teacher`)."""
     task_spec = teacher_task_spec(spec, run_task)
     task = create_task(task_spec.name, **task_spec.options)
+    tid = teacher_id(spec, run_task)
     if spec.checkpoint is not None:
         path = Path(spec.checkpoint).expanduser()
         if not path.is_file():
@@ -174,65 +138,18 @@ def resolve_teacher(spec: TeacherSpec, run_task: TaskSpec, *, cache_root: Path |
                                    f"(expected {spec.sha256}, file has {actual}); refusing it")
         model = build_model(spec.model, task)
         model.load_state_dict(_read_state_dict(path))
-        return LoadedTeacher(model, teacher_id(spec, run_task), task_spec)
-
+        return LoadedTeacher(model, tid, task_spec)
     if spec.pretrained:  # the model builder loads its own weights (e.g. a Hugging Face model)
-        return LoadedTeacher(build_model(spec.model, task), teacher_id(spec, run_task), task_spec)
-    run = recipe_run_spec(spec, run_task)
+        return LoadedTeacher(build_model(spec.model, task), tid, task_spec)
     folder = recipe_folder(spec, run_task, cache_root)
-    weights, meta_path = folder / "model.pt", folder / "meta.json"
-    with file_lock(folder.with_suffix(".lock")):
-        if not weights.is_file():
-            failure = folder / FAILURE_FILE
-            if failure.is_file():
-                raise TeacherError(f"teacher {run.run_id} failed to train: {failure.read_text()}")
-            logger.info("training teacher %s (%s on %s, %d epochs)", run.run_id, spec.model.name,
-                        task_spec.name, run.train.epochs)
-            t0 = time.perf_counter()
-            try:
-                outcome = train_run(run, hooks=None, cache_root=cache_root, task=task,
-                                    distributed=False)
-            except Exception as err:
-                if record_failure:
-                    atomic_write_bytes(failure, f"{type(err).__name__}: {err}"[-4000:].encode())
-                raise
-            store_recipe_teacher(folder, run, outcome, time.perf_counter() - t0)
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise TeacherError(f"teacher {tid} ({spec.model.name} on {task_spec.name}) is not trained yet "
+                           f"(no {folder / WEIGHTS_FILE})")
     model = build_model(spec.model, task)
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    meta_path = folder / META_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    return LoadedTeacher(model, teacher_id(spec, run_task), task_spec, meta.get("metrics"))
-
-
-class FrozenTeacher(nn.Module):
-    """Always eval, never a graph; maps the student's normalised inputs to the teacher's."""
-
-    def __init__(self, model: nn.Module, *, student_mean: tuple[float, ...] | None = None,
-                 student_std: tuple[float, ...] | None = None,
-                 teacher_mean: tuple[float, ...] | None = None,
-                 teacher_std: tuple[float, ...] | None = None) -> None:
-        super().__init__()
-        self.model = model
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.renormalise = (student_mean is not None and teacher_mean is not None
-                            and (tuple(student_mean) != tuple(teacher_mean)
-                                 or tuple(student_std) != tuple(teacher_std)))
-        if self.renormalise:
-            s_m, s_s = torch.tensor(student_mean), torch.tensor(student_std)
-            t_m, t_s = torch.tensor(teacher_mean), torch.tensor(teacher_std)
-            # x_raw = x·σ_s + μ_s ;  x_teacher = (x_raw − μ_t)/σ_t = x·a + b
-            self.register_buffer("scale", (s_s / t_s).view(1, -1, 1, 1))
-            self.register_buffer("shift", ((s_m - t_m) / t_s).view(1, -1, 1, 1))
-        super().train(False)
-
-    def train(self, mode: bool = True) -> FrozenTeacher:
-        return super().train(False)
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.renormalise:
-            x = x * self.scale + self.shift
-        return self.model(x)
+    return LoadedTeacher(model, tid, task_spec, meta.get("metrics"))
 
 
 # --------------------------------------------------------------------------------- outputs
@@ -296,8 +213,6 @@ class TeacherRuntime:
         return DEFAULT_TOPK if self.task.num_classes > DENSE_OUTPUT_LIMIT else None
 
     def _compute_split(self, split: str) -> Any:
-        from cist_bench.engine.loop import amp_context
-
         folder = (self.cache_root or cache_dir()) / "teacher_outputs"
         path = folder / f"{self._key(split)}.pt"
         if path.is_file():
@@ -321,8 +236,6 @@ class TeacherRuntime:
         return out
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        from cist_bench.engine.loop import to_device
-
         return to_device(x, self.device, self.channels_last)
 
     def outputs(self, split: str) -> Any:
@@ -350,15 +263,9 @@ class TeacherRuntime:
             acc = self.task.make_metric_accumulator()
             dataset = self.task.splits()[split]
             loader = torch.utils.data.DataLoader(
-                _with_index(dataset), batch_size=512, generator=torch.Generator().manual_seed(0),
+                IndexedDataset(dataset), batch_size=512, generator=torch.Generator().manual_seed(0),
                 sampler=ShardSampler(len(dataset), DistInfo(), shuffle=False, seed=0))
             for x, y, idx in loader:
                 acc.update(self.logits(self._to_device(x), split=split, index=idx), y.to(self.device))
             result[split] = acc.compute()
         return result
-
-
-def _with_index(dataset: Any) -> Any:
-    from cist_bench.engine.loop import IndexedDataset
-
-    return IndexedDataset(dataset)

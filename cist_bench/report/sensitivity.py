@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cist_bench.report.fmt import MISSING, md_table, num, sig
+from cist_bench.results import RunRecord
 from cist_bench.results.store import atomic_write_text
 
 #: the CIST hyperparameters shown first, in this order
@@ -46,46 +47,46 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def _val_at(record: Mapping[str, Any], epoch: int, metric: str) -> float:
-    for h in record.get("history") or []:
+def _val_at(record: RunRecord, epoch: int, metric: str) -> float:
+    for h in record.history:
         if h.get("epoch") == epoch:
             value = (h.get("val") or {}).get(metric)
             return float(value) if isinstance(value, (int, float)) else math.nan
     return math.nan
 
 
-def group_frame(records: Sequence[Mapping[str, Any]], metric: str, rung: int) -> tuple[pd.DataFrame, list[str]]:
+def group_frame(records: Sequence[RunRecord], metric: str, rung: int) -> tuple[pd.DataFrame, list[str]]:
     """One row per ok trial: hyperparameters, epochs, stopped, val@rung, val (full budget)."""
     keys: list[str] = []
     rows = []
     for r in records:
-        if r.get("status") != "ok":
+        if not r.ok or r.search is None:
             continue
-        s = r["search"]
-        hp = dict(s.get("hparams") or {})
+        s = r.search
+        hp = dict(s.hparams)
         for k in hp:
             if k not in keys:
                 keys.append(k)
-        full = not s.get("early_stopped")
-        val = ((r.get("metrics") or {}).get("val") or {}).get(metric)
-        rows.append({"trial": s.get("trial_index"), **hp, "epochs": s.get("epochs_run"),
-                     "stopped": bool(s.get("early_stopped")), f"val@{rung}": _val_at(r, rung, metric),
+        full = not s.early_stopped
+        val = (r.metrics.get("val") or {}).get(metric)
+        rows.append({"trial": s.trial_index, **hp, "epochs": s.epochs_run,
+                     "stopped": s.early_stopped, f"val@{rung}": _val_at(r, rung, metric),
                      "val": float(val) if full and isinstance(val, (int, float)) else math.nan})
     first = [k for k in CIST_KEYS if k in keys]
     keys = first + [k for k in keys if k not in first]
     return pd.DataFrame(rows), keys
 
 
-def _section(group: Any, records: Sequence[Mapping[str, Any]], rung: int, ranges: Mapping[str, str]) -> str:
+def _section(group: Any, records: Sequence[RunRecord], rung: int, ranges: Mapping[str, str]) -> str:
     metric, hib = group.primary, group.mode == "max"
     frame, keys = group_frame(records, metric, rung)
-    failed = sum(r.get("status") != "ok" for r in records)
+    failed = sum(not r.ok for r in records)
     head = [f"## {group.task} · {group.pair} · {group.method} (loss `{group.loss}`)", ""]
-    fixed = ", ".join(f"{k}={v!r}" for k, v in group.fixed.items() if k not in keys)
+    fixed = ", ".join(f"{k}={v!r}" for k, v in group.fixed_changed.items() if k not in keys)
     head.append(f"{len(records)} trials ({len(frame)} ok, {failed} failed"
                 + (f", {int(frame['stopped'].sum())} stopped early" if len(frame) else "") + "); "
                 f"objective: validation {metric} ({'higher' if hib else 'lower'} is better)"
-                + (f"; fixed: {fixed}" if fixed else "") + ".")
+                + (f"; fixed (not at the loss's default): {fixed}" if fixed else "") + ".")
     head.append("")
     if frame.empty:
         return "\n".join([*head, "No trial finished.", ""])
@@ -123,12 +124,11 @@ def _section(group: Any, records: Sequence[Mapping[str, Any]], rung: int, ranges
     return "\n".join([*head, md_table(trials, left=1), "", md_table(pd.DataFrame(rows), left=2), ""])
 
 
-def render_sensitivity(search: Any, group_results: Sequence[Any]) -> str:
-    spec = search.search
-    rung = spec.scheduler.grace_period if spec.scheduler.name == "asha" else 1
-    out = [f"# Sensitivity: {search.name}", "",
-           f"Search `{search.id}` ({search.path}). Budget, the same for every method: "
-           f"{spec.describe_budget()}. Objective: the task's primary metric on the **validation** "
+def render_sensitivity(plan: Any, group_results: Sequence[Any]) -> str:
+    rung = plan.scheduler.grace_period if plan.scheduler.name == "asha" else 1
+    out = [f"# Sensitivity: {plan.name}", "",
+           f"Search `{plan.id}`. Budget, the same for every method: "
+           f"{plan.describe_budget()}. Objective: the task's primary metric on the **validation** "
            "split; the test split plays no part.", "",
            f"`@{rung}` is the score after {rung} epoch(s), which every trial reached (ASHA's first "
            "rung), so it compares all trials; the full-budget score exists only for trials that "
@@ -146,5 +146,5 @@ def render_sensitivity(search: Any, group_results: Sequence[Any]) -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def write_sensitivity(path: Path, search: Any, group_results: Sequence[Any]) -> None:
-    atomic_write_text(Path(path), render_sensitivity(search, group_results))
+def write_sensitivity(path: Path, plan: Any, group_results: Sequence[Any]) -> None:
+    atomic_write_text(Path(path), render_sensitivity(plan, group_results))

@@ -1,0 +1,271 @@
+"""A unit of work and how it executes, wherever the engine runs (a Tune trial, a Train worker).
+
+A :class:`Unit` is what one Tune trial does: today one run (the issue "Packs" makes it several
+runs of one pair). A :class:`Context` is what every unit of one experiment shares: where
+records, checkpoints and teachers go, the suite, the retry budget, the report roles and — in a
+search — the search's provenance and objective.
+
+:func:`execute` is the single implementation of a unit's life, used by every executor: the
+teacher is made ready (:func:`~cist_bench.runner.teachers.ensure_teacher`), the engine trains
+with :class:`TrialHooks` (a checkpoint and a report every epoch through the executor's
+:class:`Transport`), and the run ends in exactly one record — ok, or failed with the reason. In
+a search the record is also written *progressively*: when a scheduler stops a trial, Tune ends
+the trial's process inside its report call and nothing after it runs, so after every epoch,
+before reporting it, rank 0 rewrites the record as ``ok`` with ``search.early_stopped: true``
+and the validation metrics so far; the last epoch's report is held back until the final
+record (with the test metrics) is on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from cist_bench.data import create_task
+from cist_bench.engine import Hooks, Outcome, RunFailedError, train_run
+from cist_bench.engine.teacher import TeacherError
+from cist_bench.results import ResultStore, RunRecord, SearchInfo, make_record
+from cist_bench.results.record import now
+from cist_bench.results.store import atomic_write_text
+from cist_bench.runner.teachers import ensure_teacher, needs_teacher
+from cist_bench.spec import RunSpec, from_dict, to_dict
+
+logger = logging.getLogger(__name__)
+
+#: Test-only fault injection: ``"<run id>:<epoch>:<marker file>"`` makes that run's first
+#: attempt raise once at the end of that epoch (the marker file records that it did).
+FAULT_ENV = "CIST_BENCH_INJECT_FAULT"
+CHECKPOINT_FILE = "state.pt"
+ATTEMPTS_FILE = "attempts"
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every unit of one experiment shares (JSON-ready: it travels to Ray processes)."""
+
+    output: str
+    cache_root: str
+    #: Ray Train's storage path (shared storage on a multi-node cluster)
+    storage: str
+    suite: str
+    max_failures: int = 1
+    roles: dict[str, str] | None = None
+    #: a search: ``{name, id, group, budget, objective}`` (the trial's part is in the unit)
+    search: dict[str, Any] | None = None
+    #: a search's objective as Tune sees it (``val_<primary metric>``) and its epoch budget
+    metric: str | None = None
+    max_epochs: int | None = None
+    #: a searcher's proposals (optuna): ``{base, loss, fixed, executor}`` to build a unit from a point
+    proposals: dict[str, Any] | None = None
+
+    def to_config(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One Tune trial's work: a run, the executor that runs it and, in a search, its point."""
+
+    spec: RunSpec
+    executor: str
+    trial_index: int | None = None
+    #: the point of the search space as drawn (e.g. with ``tau_span``) and the hparams it sets
+    point: dict[str, Any] | None = None
+    hparams: dict[str, Any] | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
+
+    def describe(self) -> str:
+        s = self.spec
+        trial = f" trial {self.trial_index}" if self.trial_index is not None else f" seed {s.seed}"
+        return f"{s.task.name} {s.pair_name} {s.loss.method}{trial}"
+
+    def to_config(self) -> dict[str, Any]:
+        return {"spec": to_dict(self.spec), "executor": self.executor, "trial_index": self.trial_index,
+                "point": self.point, "hparams": self.hparams}
+
+    @classmethod
+    def from_config(cls, data: dict[str, Any]) -> Unit:
+        return cls(from_dict(RunSpec, data["spec"]), data["executor"], data.get("trial_index"),
+                   data.get("point"), data.get("hparams"))
+
+
+class Transport(Protocol):
+    """How an executor keeps a run's per-epoch checkpoint and reports its metrics to Tune."""
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None: ...
+
+
+# ------------------------------------------------------------------------------- bookkeeping
+
+
+def checkpoint_dir(ctx: Context, run_id: str) -> Path:
+    return Path(ctx.output) / "checkpoints" / run_id
+
+
+def bump_attempts(ctx: Context, run_id: str) -> int:
+    """Count this start of the unit's trial (the record says how many it took)."""
+    path = checkpoint_dir(ctx, run_id) / ATTEMPTS_FILE
+    n = (int(path.read_text()) if path.is_file() else 0) + 1
+    atomic_write_text(path, str(n))
+    return n
+
+
+def is_final(record: RunRecord | None, ctx: Context) -> bool:
+    """A record that needs no more work: ok and, in a search, of this search and not stopped
+    early (a trial still running when its search was killed reads early-stopped too)."""
+    if record is None or not record.ok:
+        return False
+    if ctx.search is None:
+        return True
+    return record.search is not None and record.search.id == ctx.search["id"] and \
+        not record.search.early_stopped
+
+
+def search_info(unit: Unit, ctx: Context, *, early_stopped: bool, epochs_run: int) -> SearchInfo | None:
+    if ctx.search is None:
+        return None
+    return SearchInfo(**ctx.search, trial_index=unit.trial_index if unit.trial_index is not None else 0,
+                      config=dict(unit.point or {}), hparams=dict(unit.hparams or {}),
+                      early_stopped=early_stopped, epochs_run=epochs_run)
+
+
+def write_record(unit: Unit, ctx: Context, status: str, *, outcome: Outcome | None = None,
+                 error: str | None = None, started: str | None = None, t0: float | None = None,
+                 executor: str | None = None, attempts: int = 1, early_stopped: bool = False,
+                 epochs_run: int = 0) -> RunRecord:
+    record = make_record(
+        unit.spec, status=status, outcome=outcome, error=error, suite=ctx.suite, started=started,
+        wall_seconds=time.perf_counter() - t0 if t0 is not None else None, executor=executor or unit.executor,
+        attempts=attempts, roles=ctx.roles,
+        search=search_info(unit, ctx, early_stopped=early_stopped, epochs_run=epochs_run))
+    ResultStore(ctx.output).write(record)
+    return record
+
+
+def describe_error(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}"
+    tail = "".join(traceback.format_exception(err)[-3:])
+    return (text + "\n" + tail)[-4000:]
+
+
+def maybe_inject_fault(run_id: str, epoch: int) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    target, at, marker = spec.split(":", 2)
+    if target == run_id and int(at) == epoch and not Path(marker).exists():
+        Path(marker).write_text("raised\n")
+        raise RuntimeError(f"injected fault after epoch {epoch}")
+
+
+# ------------------------------------------------------------------------------- execution
+
+
+class TrialHooks(Hooks):
+    """The engine's hooks in a trial: checkpoint + report through the transport every epoch,
+    a progressive record first in a search, and the last epoch's report held back until the
+    final record is written (:meth:`flush`)."""
+
+    def __init__(self, unit: Unit, ctx: Context, transport: Transport, *, rank: int,
+                 progress_record: Any) -> None:
+        self.unit, self.ctx, self.transport, self.rank = unit, ctx, transport, rank
+        self.progress_record = progress_record
+        self.epochs = 0
+        self.held: tuple[dict[str, Any], dict[str, Any] | None] | None = None
+        self.tags: dict[str, Any] = {"run_id": unit.run_id, "epochs": unit.spec.train.epochs}
+        if unit.trial_index is not None:
+            self.tags["trial_index"] = unit.trial_index
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        return self.transport.load()
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        epoch = int(metrics["epoch"])
+        self.epochs = epoch
+        metrics = {**metrics, **self.tags}
+        if epoch >= self.unit.spec.train.epochs:
+            self.held = (metrics, state)  # reported once the final record is on disk
+            return
+        if state is not None and self.ctx.search is not None:
+            self.progress_record(state)  # before the report: the scheduler may stop us there
+        self.transport.report(metrics, state)
+        maybe_inject_fault(self.unit.run_id, epoch)  # test-only (FAULT_ENV)
+
+    def flush(self) -> None:
+        if self.held is not None:
+            metrics, state = self.held
+            self.held = None
+            self.transport.report(metrics, state)
+
+
+def execute(unit: Unit, ctx: Context, transport: Transport, *, attempt: int, executor: str,
+            rank: int = 0, started: str | None = None, t0: float | None = None) -> RunRecord | None:
+    """Train ``unit`` and write its record (rank 0). Returns the record on rank 0.
+
+    A deterministic failure (a non-finite loss, a teacher that cannot be loaded) is recorded
+    and not retried. Any other exception is re-raised while ``attempt <= max_failures`` — the
+    trial (or the Train worker group) restarts and resumes from the last checkpoint — and
+    recorded as failed after that.
+    """
+    spec = unit.spec
+    started = started or now()
+    t0 = t0 if t0 is not None else time.perf_counter()
+    cache_root = Path(ctx.cache_root)
+
+    def finish(final: RunRecord | None) -> RunRecord | None:
+        """A final record is on disk: the per-epoch checkpoint is no longer needed (a rerun of
+        a failed run starts afresh)."""
+        if rank == 0:
+            shutil.rmtree(checkpoint_dir(ctx, spec.run_id), ignore_errors=True)
+        return final
+
+    def record(status: str, **kwargs: Any) -> RunRecord | None:
+        if rank != 0:
+            return None
+        return write_record(unit, ctx, status, started=started, t0=t0, executor=executor,
+                            attempts=attempt, **kwargs)
+
+    task = create_task(spec.task.name, **spec.task.options)
+    primary = task.primary_metric
+
+    def progress_record(state: dict[str, Any]) -> None:
+        if rank == 0:
+            record("ok", outcome=Outcome.so_far(
+                state, primary={"name": primary.name, "higher_is_better": primary.higher_is_better},
+                directions={m.name: m.higher_is_better for m in task.metrics},
+                loss_hparams=dict(spec.loss.hparams)), early_stopped=True, epochs_run=len(state["history"]))
+
+    hooks = TrialHooks(unit, ctx, transport, rank=rank, progress_record=progress_record)
+    try:
+        teacher = ensure_teacher(spec.teacher, spec.task, cache_root=cache_root) \
+            if needs_teacher(spec) else None
+        outcome = train_run(spec, hooks, teacher=teacher, cache_root=cache_root, task=task)
+    except (RunFailedError, TeacherError) as err:  # deterministic: record it, do not retry
+        return finish(record("failed", error=str(err)[-4000:], epochs_run=hooks.epochs))
+    except Exception as err:  # a crash: restart (from the checkpoint) while attempts remain
+        if attempt <= ctx.max_failures:
+            raise
+        return finish(record("failed", error=describe_error(err), epochs_run=hooks.epochs))
+    final = None
+    if rank == 0:
+        if outcome.best_state is not None:
+            models = Path(ctx.output) / "models"
+            models.mkdir(parents=True, exist_ok=True)
+            tmp = models / f".{spec.run_id}.pt.tmp"
+            tmp.write_bytes(outcome.best_state)
+            os.replace(tmp, models / f"{spec.run_id}.pt")
+        final = finish(record("ok", outcome=outcome, epochs_run=len(outcome.history)))
+    hooks.flush()
+    return final
