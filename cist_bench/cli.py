@@ -114,8 +114,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             executor=args.executor or suite.executor, max_failures=args.max_failures,
             num_cpus=args.num_cpus, storage=args.storage, roles=_roles(suite),
             progress_interval=args.progress_interval)
-    except ValueError as err:  # resources an executor cannot give: nothing was started
-        print(f"error: {suite.path}: {err}", file=sys.stderr)
+    except ValueError as err:  # resources an executor cannot give, records of another schema
+        print(f"error: {suite.path}: {err}", file=sys.stderr)  # version: nothing was started
         return EXIT_BAD_INPUT
     print(f"done in {result.wall_seconds:.0f} s: {result.ok} ok, {result.failed} failed, "
           f"{result.skipped} already done", file=sys.stderr)

@@ -147,3 +147,20 @@ def test_campaign_killed_with_sigkill_and_restarted_records_every_run_once(tmp_p
     for run_id, rec in first.items():  # finished runs were not redone
         if rec["status"] == "ok":
             assert final[run_id]["finished"] == rec["finished"]
+
+
+def test_records_of_a_newer_schema_stop_a_campaign_before_ray(tmp_path, capsys) -> None:
+    """A results directory written by a newer cist_bench is not silently rerun or overwritten."""
+    from cist_bench.config import load_suite
+
+    path = write_suite(tmp_path, GOOD)
+    run = load_suite(path).runs()[0]
+    records = tmp_path / "out" / "records"
+    records.mkdir(parents=True)
+    (records / f"{run.run_id}.json").write_text(json.dumps({"schema_version": 9, "run_id": run.run_id}))
+    import ray
+
+    assert main(["run", str(path), "--output", str(tmp_path / "out"), "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert "record schema version 9" in err and "Upgrade cist_bench" in err
+    assert not ray.is_initialized()
