@@ -112,6 +112,7 @@ class Progress(tune.Callback):
     def setup(self, **info: Any) -> None:  # also after a restore (the saved clock is stale)
         self.done: Counter[str] = Counter()
         self.running: set[str] = set()
+        self.names: dict[str, str] = {}
         self.latest: dict[str, tuple[str, dict[str, Any]]] = {}
         self.t0 = self.last = time.perf_counter()
 
@@ -141,10 +142,11 @@ class Progress(tune.Callback):
         print(f"{self._head()} " + "; ".join(parts), file=sys.stderr, flush=True)
 
     def _name(self, trial: Any) -> str:
-        unit = trial.config.get(UNIT_KEY)
-        if isinstance(unit, dict):
-            return Unit.from_config(unit).describe()
-        return f"trial {trial_index_of(trial)}"
+        if trial.trial_id not in self.names:  # once per trial: a unit's config is validated
+            unit = trial.config.get(UNIT_KEY)
+            self.names[trial.trial_id] = Unit.from_config(unit).describe() if isinstance(unit, dict) \
+                else f"trial {trial_index_of(trial)}"
+        return self.names[trial.trial_id]
 
     def _finished(self, trial: Any) -> None:
         self.latest.pop(trial.trial_id, None)

@@ -18,7 +18,7 @@ import contextlib
 import fcntl
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from cist_bench.data import create_task
@@ -98,40 +98,51 @@ def teachers_to_train(runs: Iterable[RunSpec], cache_root: Path | None) -> dict[
     return out
 
 
-def ensure_teacher(spec: TeacherSpec, run_task: TaskSpec, *, cache_root: Path | None = None,
-                   mark_failure: bool = False) -> LoadedTeacher:
-    """The teacher, trained first (once, under the recipe's lock) if it is a missing recipe.
+def train_once(spec: TeacherSpec, run_task: TaskSpec, train: Callable[[], None], *,
+               cache_root: Path | None = None, mark_failure: bool = False) -> None:
+    """Call ``train`` (which trains and stores the recipe teacher) unless the teacher is already
+    trained, under the recipe's lock; a recorded failure raises :class:`TeacherError` instead.
 
     ``mark_failure``: if training fails, leave the failure marker (a campaign's teacher job does;
     a run that trains its teacher itself only fails).
     """
-    if spec.checkpoint is not None or spec.pretrained:
-        return load_teacher(spec, run_task, cache_root=cache_root)
     folder = recipe_folder(spec, run_task, cache_root)
     with file_lock(folder.with_suffix(".lock")):
-        if not (folder / WEIGHTS_FILE).is_file():
-            failure = folder / FAILURE_FILE
-            if failure.is_file():
-                raise TeacherError(f"teacher {teacher_id(spec, run_task)} failed to train: "
-                                   f"{failure.read_text()}")
+        if (folder / WEIGHTS_FILE).is_file():
+            return
+        failure = folder / FAILURE_FILE
+        if failure.is_file():
+            raise TeacherError(f"teacher {teacher_id(spec, run_task)} failed to train: {failure.read_text()}")
+        try:
+            train()
+        except Exception as err:
+            if mark_failure:
+                record_failure(spec, run_task, cache_root, f"{type(err).__name__}: {err}")
+            raise
+
+
+def ensure_teacher(spec: TeacherSpec, run_task: TaskSpec, *, cache_root: Path | None = None,
+                   mark_failure: bool = False) -> LoadedTeacher:
+    """The teacher, trained first in this process (once, :func:`train_once`) if it is a missing
+    recipe, then loaded."""
+    if spec.checkpoint is None and not spec.pretrained:
+
+        def train() -> None:
             run = recipe_run_spec(spec, run_task)
             task_spec = teacher_task_spec(spec, run_task)
             logger.info("training teacher %s (%s on %s, %d epochs)", run.run_id, spec.model.name,
                         task_spec.name, run.train.epochs)
             t0 = time.perf_counter()
-            try:
-                outcome = train_run(run, cache_root=cache_root, task=create_task(task_spec.name,
-                                                                                 **task_spec.options),
-                                    distributed=False)
-            except Exception as err:
-                if mark_failure:
-                    record_failure(spec, run_task, cache_root, f"{type(err).__name__}: {err}")
-                raise
-            store_recipe_teacher(folder, run, outcome, time.perf_counter() - t0)
+            outcome = train_run(run, cache_root=cache_root, distributed=False,
+                                task=create_task(task_spec.name, **task_spec.options))
+            store_recipe_teacher(recipe_folder(spec, run_task, cache_root), run, outcome,
+                                 time.perf_counter() - t0)
+
+        train_once(spec, run_task, train, cache_root=cache_root, mark_failure=mark_failure)
     return load_teacher(spec, run_task, cache_root=cache_root)
 
 
-def wait_for_locks(paths: list[Path], done: callable, timeout: float = 300.0) -> None:  # type: ignore[valid-type]
+def wait_for_locks(paths: list[Path], done: Callable[[int], bool], timeout: float = 300.0) -> None:
     """Block until every lock in ``paths`` is held (its job started) or ``done(i)`` says job i
     ended, at most ``timeout`` seconds: so that no run starts training a teacher itself while
     its job is still being scheduled."""

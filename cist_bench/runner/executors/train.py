@@ -25,12 +25,12 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from cist_bench.engine import Hooks, train_run
-from cist_bench.engine.teacher import WEIGHTS_FILE, recipe_folder, recipe_run_spec, store_recipe_teacher
+from cist_bench.engine.teacher import recipe_folder, recipe_run_spec, store_recipe_teacher
 from cist_bench.results import ResultStore
 from cist_bench.results.record import now
 from cist_bench.runner.cluster import driver_trial_resources
 from cist_bench.runner.executors._base import Executor
-from cist_bench.runner.teachers import file_lock, record_failure
+from cist_bench.runner.teachers import train_once
 from cist_bench.runner.unit import CHECKPOINT_FILE, Context, Unit, describe_error, execute, write_record
 from cist_bench.spec import ResourceSpec, RunSpec, from_dict, to_dict
 
@@ -139,21 +139,17 @@ def teacher_worker(config: dict[str, Any]) -> None:
 def _fit_teacher(run_data: dict[str, Any], ctx_data: dict[str, Any]) -> None:
     """Train one recipe teacher with a TorchTrainer (inside a Ray task), under its lock."""
     run, ctx = from_dict(RunSpec, run_data), Context(**ctx_data)
-    cache_root = Path(ctx.cache_root)
-    folder = recipe_folder(run.teacher, run.task, cache_root)
-    with file_lock(folder.with_suffix(".lock")):  # runs needing it wait on this lock
-        if (folder / WEIGHTS_FILE).is_file():
-            return
-        name = f"teacher-{recipe_run_spec(run.teacher, run.task).run_id}"
-        try:
-            TorchTrainer(teacher_worker, train_loop_config={"run": run_data, "cache_root": ctx.cache_root},
-                         scaling_config=_scaling(run.resources),
-                         run_config=RunConfig(name=name, storage_path=ctx.storage,
-                                              failure_config=FailureConfig(max_failures=ctx.max_failures),
-                                              checkpoint_config=CheckpointConfig(num_to_keep=1))).fit()
-        except Exception as err:
-            record_failure(run.teacher, run.task, cache_root, f"{type(err).__name__}: {err}")
-            raise
+    name = f"teacher-{recipe_run_spec(run.teacher, run.task).run_id}"
+
+    def train() -> None:
+        TorchTrainer(teacher_worker, train_loop_config={"run": run_data, "cache_root": ctx.cache_root},
+                     scaling_config=_scaling(run.resources),
+                     run_config=RunConfig(name=name, storage_path=ctx.storage,
+                                          failure_config=FailureConfig(max_failures=ctx.max_failures),
+                                          checkpoint_config=CheckpointConfig(num_to_keep=1))).fit()
+
+    # runs needing the teacher wait on its lock while this job holds it
+    train_once(run.teacher, run.task, train, cache_root=Path(ctx.cache_root), mark_failure=True)
 
 
 EXECUTOR = TrainExecutor()
