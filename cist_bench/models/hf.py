@@ -3,7 +3,9 @@
 ``create_model("hf/<name>", num_classes=V, **options)`` loads ``AutoModelForCausalLM`` and wraps
 it in :class:`HFCausalLM`, whose ``forward(idx)`` maps token ids ``(B, T)`` to logits
 ``(B, T, V)`` (never a ``ModelOutput``), with ``forward_features`` (the final hidden states,
-after the last norm) and ``forward_head`` (the LM head), like :mod:`cist_bench.models.gpt`.
+after the last norm) and ``forward_head`` (the LM head), like :mod:`cist_bench.models.gpt`, and
+``generate`` (greedy, batched, left-padded prompts, by transformers' ``generate``) with the
+contract of :meth:`cist_bench.models.gpt.GPT.generate`.
 
 ``<name>`` is
 
@@ -155,6 +157,54 @@ class HFCausalLM(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         return self.hf.get_output_embeddings()  # type: ignore[operator]
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                 max_new_tokens: int, eos_token_id: int, use_cache: bool = True) -> torch.Tensor:
+        """Greedy continuations of the left-padded prompts ``input_ids`` (B, P), by transformers'
+        ``generate``; the contract of :meth:`cist_bench.models.gpt.GPT.generate`.
+
+        ``attention_mask`` (B, P) is 1 for real tokens, 0 for the left padding (none: no
+        padding). Returns the new tokens only (B, n_new), ``n_new <= max_new_tokens`` (and within
+        ``block_size``, the model's ``max_position_embeddings``, when it has one); a row's
+        tokens after its eos are eos, and decoding stops once every row has produced it. Runs in
+        eval mode; the training flag is restored afterwards.
+        """
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be (batch, prompt length >= 1), got shape {tuple(input_ids.shape)}")
+        batch, prompt_len = input_ids.shape
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        n_new = max_new_tokens
+        if self.block_size is not None:
+            if prompt_len >= self.block_size:
+                raise ValueError(f"prompt length {prompt_len} leaves no room to generate within block_size "
+                                 f"{self.block_size} (the prompt must be shorter than block_size)")
+            n_new = min(n_new, self.block_size - prompt_len)
+        device = self.get_classifier().weight.device
+        input_ids = input_ids.to(device=device, dtype=torch.long)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        elif attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} differs from "
+                             f"input_ids shape {tuple(input_ids.shape)}")
+        if n_new == 0:
+            return input_ids.new_empty(batch, 0)
+        was_training = self.training
+        self.eval()
+        try:
+            # the sampling fields set to None: greedy decoding, without the warnings transformers
+            # prints when a model's generation config carries a temperature or top-k/top-p
+            sequences = self.hf.generate(  # type: ignore[operator]
+                input_ids=input_ids, attention_mask=attention_mask.to(device=device, dtype=torch.long),
+                max_new_tokens=n_new, do_sample=False, num_beams=1, temperature=None, top_p=None,
+                top_k=None, eos_token_id=eos_token_id, pad_token_id=eos_token_id, use_cache=use_cache)
+        finally:
+            self.train(was_training)
+        new = sequences[:, prompt_len:]  # (B, n) with n <= n_new
+        # transformers pads a finished row with pad_token_id (= eos); make sure of the rectangle
+        ended = (new == eos_token_id).long().cummax(dim=1).values.bool()
+        return new.masked_fill(ended, eos_token_id).long()
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, vocab={self.num_classes}, hidden={self.num_features}"
