@@ -31,6 +31,10 @@ T = TypeVar("T")
 #: frozen, unknown keys refused, attribute docstrings become JSON-Schema descriptions
 SPEC_CONFIG = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
+#: field metadata: a field added after records and ids existed; left out of :func:`to_dict`
+#: (so of every id) while it holds its default, so that the ids of specs not using it stay
+ADDED_LATER = {"omit_default": True}
+
 # Strict scalar types: an int widens to a float; a string or a bool is never a number.
 Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 PositiveFloat = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
@@ -60,6 +64,10 @@ class ModelSpec:
     """a registered model (``cist-bench ls models``), ``timm/<arch>`` or ``hf/<path or hub name>``"""
     options: Options = dataclasses.field(default_factory=dict)
     """the builder's options, checked against what it declares (never num_classes/in_chans)"""
+    init_from_teacher: PositiveInt | None = dataclasses.field(default=None, metadata=ADDED_LATER)
+    """a student only: start from its teacher's weights, keeping every k-th layer of the
+    teacher's layer stack (1: all of them); the student must have the teacher's widths and
+    ceil(layers / k) layers. None: the builder's own initialisation"""
 
 
 @dataclass(frozen=True, config=SPEC_CONFIG)
@@ -204,9 +212,21 @@ class RunSpec:
 # --------------------------------------------------------------------------------- (de)serialise
 
 
+def _plain(value: Any) -> Any:
+    """``dataclasses.asdict`` without the :data:`ADDED_LATER` fields that hold their default."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not (f.metadata.get("omit_default") and getattr(value, f.name) == f.default)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def to_dict(spec: Any) -> dict[str, Any]:
     """A JSON-ready dict of a spec (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(spec), default=list))
+    return json.loads(json.dumps(_plain(spec), default=list))
 
 
 def canonical_json(spec: Any) -> str:

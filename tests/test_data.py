@@ -40,7 +40,8 @@ from cist_bench.errors import (
     UnknownNameError,
 )
 
-BUILTIN = {"cifar10", "cifar100", "digits", "fashion_mnist", "imagenet", "kjv_lm", "wordnet_gloss"}
+BUILTIN = {"cifar10", "cifar100", "digits", "fashion_mnist", "imagenet", "instruct", "kjv_lm", "wordnet_gloss"}
+SEQUENCE_KINDS = ("language_modeling", "instruction_following")
 
 # --------------------------------------------------------------------------------------------
 # Tiny data in the real on-disk formats
@@ -153,6 +154,9 @@ def _options(name: str, data: Any) -> dict[str, Any]:
         "cifar10": {"data_root": str(data["cifar_root"]), "val_size": 10},
         "cifar100": {"data_root": str(data["cifar_root"]), "val_size": 30},
         "imagenet": {"data_root": str(data["imagenet_root"]), "val_size": 4, "image_size": 16},
+        # the real WordNet adverbs (Debian wordnet-base): 4,481 instructions, loaded in a second
+        "instruct": {"source": "wordnet:adverb", "val_size": 100, "max_length": 80,
+                     "max_prompt_length": 40},
     }.get(name, {})
 
 
@@ -203,7 +207,8 @@ def test_option_validation(name: str) -> None:
 def test_task_description(name: str, data: Any) -> None:
     task = make(name, data)
     assert task.name == name and TASKS.get(name) is type(task)
-    assert task.kind in ("image_classification", "language_modeling", "text_classification")
+    assert task.kind in ("image_classification", "language_modeling", "text_classification",
+                         "instruction_following")
     assert task.metrics and all(isinstance(m, Metric) for m in task.metrics)
     assert task.primary_metric == task.metrics[0]
     assert task.install_hint
@@ -215,6 +220,10 @@ def test_task_description(name: str, data: Any) -> None:
         assert (Metric("top5", True) in task.metrics) == (task.num_classes >= 100)
     elif task.kind == "text_classification":
         assert task.metrics[0] == Metric("accuracy", True)
+        assert len(task.input_shape) == 1 and task.mean is None
+    elif task.kind == "instruction_following":  # generated answers scored by ROUGE-L
+        assert task.metrics[0] == Metric("rougeL", True)
+        assert set(task.generation_metrics) <= {m.name for m in task.metrics}
         assert len(task.input_shape) == 1 and task.mean is None
     else:
         assert task.metrics[0] == Metric("perplexity", False)
@@ -258,13 +267,19 @@ def test_splits_load_with_right_shapes(name: str, data: Any) -> None:
             assert x.dtype == torch.int64 and tuple(x.shape) == task.input_shape
             assert isinstance(y, int) and 0 <= y < task.num_classes
             assert int(x.min()) >= 0
+        elif task.kind == "instruction_following":  # response targets only, the rest ignored
+            assert x.dtype == y.dtype == torch.int64
+            assert x.shape == y.shape and x.shape[0] == task.input_shape[0] - 1
+            scored = y[:-1] != -100
+            assert scored.any() and torch.equal(x[1:][scored], y[:-1][scored])
+            assert int(x.min()) >= 0 and int(x.max()) < task.num_classes
         else:
             assert x.dtype == y.dtype == torch.int64
             assert tuple(x.shape) == tuple(y.shape) == task.input_shape
             assert torch.equal(x[1:], y[:-1])  # targets are the inputs shifted by one
             assert int(x.min()) >= 0 and int(x.max()) < task.num_classes
         xb, yb = next(iter(DataLoader(ds, batch_size=4)))
-        assert tuple(xb.shape) == (min(4, len(ds)), *task.input_shape)
+        assert tuple(xb.shape) == (min(4, len(ds)), *x.shape)
         assert yb.dtype == torch.int64
     for split in ("val", "test"):  # never augmented: deterministic
         a, b = splits[split][0][0], splits[split][0][0]
@@ -365,7 +380,7 @@ def _hand_logits(kind: str, num_classes: int) -> tuple[torch.Tensor, torch.Tenso
     right = -math.log(math.exp(10) / (math.exp(10) + num_classes - 1))
     nll = (right + math.log(num_classes)) / 2
     expected = {"nll": nll}
-    if kind == "language_modeling":
+    if kind in SEQUENCE_KINDS:
         logits, target = logits.view(2, 4, -1), target.view(2, 4)
         # one ignored position, which must change nothing: add it as a wrong prediction
         logits = torch.cat([logits, torch.zeros(2, 1, num_classes)], dim=1)
@@ -382,8 +397,8 @@ def test_task_metric_accumulator(name: str, data: Any) -> None:
     acc = task.make_metric_accumulator()
     logits, target, expected = _hand_logits(task.kind, task.num_classes)
     acc.update(logits, target)
-    out = acc.compute()
-    assert set(out) == {m.name for m in task.metrics}
+    out = acc.compute()  # every metric but those scored on generated answers
+    assert set(out) == {m.name for m in task.metrics} - set(task.generation_metrics)
     for key, value in expected.items():
         assert out[key] == pytest.approx(value, rel=1e-6), key
     assert acc.state.dtype == torch.float64 and acc.state.ndim == 1

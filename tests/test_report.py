@@ -26,7 +26,14 @@ from cist_bench.report import (
     render,
 )
 from cist_bench.report.load import task_metric
-from cist_bench.results import RecordVersionError, ReportRoles, ResultStore, read_jsonl, read_record
+from cist_bench.results import (
+    SCHEMA_VERSION,
+    RecordVersionError,
+    ReportRoles,
+    ResultStore,
+    read_jsonl,
+    read_record,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "report"
 RECORDS = FIXTURES / "records.jsonl"
@@ -92,7 +99,7 @@ def test_golden_markdown(built: Path, markdown: str) -> None:
     ids = [r.run_id for r in exported]
     assert ids == sorted(ids) and len(ids) == 36
     # the fixture is of schema version 1: exported upgraded to the current version, same content
-    assert {r["schema_version"] for r in _raw(folder / "report.records.jsonl")} == {2}
+    assert {r["schema_version"] for r in _raw(folder / "report.records.jsonl")} == {SCHEMA_VERSION}
     assert exported == sorted(read_jsonl(RECORDS), key=lambda r: r.run_id)
 
 
@@ -299,14 +306,14 @@ def test_a_version_1_record_is_upgraded_on_read() -> None:
     data = json.loads((Path(__file__).parent / "fixtures" / "record_v1.json").read_text(encoding="utf-8"))
     assert data["schema_version"] == 1 and "git_commit" in data and "provenance" not in data
     record = read_record(data)
-    assert record.schema_version == 2 and record.provenance.git_commit == data["git_commit"]
+    assert record.schema_version == SCHEMA_VERSION and record.provenance.git_commit == data["git_commit"]
     assert record.provenance.versions == data["versions"] and record.metrics == data["metrics"]
     assert record.spec.task.name == data["task"] and record.roles is None
 
 
 def test_records_of_another_version_are_refused_with_what_to_do(tmp_path: Path) -> None:
     newer = {**_raw(RECORDS)[0], "schema_version": 9}
-    with pytest.raises(RecordVersionError, match="version 9; this cist_bench reads versions 1, 2. Upgrade"):
+    with pytest.raises(RecordVersionError, match="version 9; this cist_bench reads versions 1, 2, 3. Upgrade"):
         read_record(newer)
     (tmp_path / "new.jsonl").write_text(json.dumps(newer) + "\n", encoding="utf-8")
     with pytest.raises(ReportError, match="Upgrade cist_bench"):

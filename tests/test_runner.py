@@ -15,7 +15,7 @@ from cist_bench.data import create_task
 from cist_bench.engine import evaluate
 from cist_bench.engine.batches import build_model
 from cist_bench.engine.distributed import DistInfo
-from cist_bench.results import ResultStore
+from cist_bench.results import SCHEMA_VERSION, ResultStore
 from cist_bench.runner.campaign import run_campaign
 from cist_bench.runner.unit import FAULT_ENV
 from cist_bench.spec import (
@@ -144,7 +144,7 @@ def test_record_is_self_describing(ray_cluster, tmp_path) -> None:
     for key in ("schema_version", "spec", "status", "metrics", "metric_directions", "history",
                 "diagnostics", "timing", "resources", "provenance", "suite", "roles"):
         assert key in rec
-    assert rec["schema_version"] == 2 and rec["provenance"]["versions"]["torch"]
+    assert rec["schema_version"] == SCHEMA_VERSION and rec["provenance"]["versions"]["torch"]
     assert rec["roles"] == {"proposed": "cist", "reference": "kd", "baseline": "ce"}
     assert rec["spec"]["loss"]["hparams"]["tau_max"] == 20.0  # resolved: defaults included
     assert rec["metric_directions"]["accuracy"] is True and rec["metric_directions"]["nll"] is False

@@ -53,6 +53,7 @@ from cist_bench.spec import (
     from_dict,
     render_loc,
     spec_id,
+    to_dict,
 )
 
 __all__ = ["Suite", "SuiteError", "check_data", "list_suites", "load_suite"]
@@ -91,10 +92,11 @@ class Suite:
             n = size(spec_id(run.task))
             student_examples = None if n is None or student_examples is None else \
                 student_examples + n * run.train.epochs
-            if run.teacher is None or not loss_needs_teacher(run.loss.name):
+            if run.teacher is None or not (loss_needs_teacher(run.loss.name)
+                                           or run.student.init_from_teacher is not None):
                 continue
             task = run.teacher.task or run.task
-            key = spec_id({"teacher": dataclasses.asdict(run.teacher), "task": dataclasses.asdict(task)})
+            key = spec_id({"teacher": to_dict(run.teacher), "task": to_dict(task)})
             entry = teachers.setdefault(key, {
                 "key": key, "model": run.teacher.model.name, "task": task.name,
                 "checkpoint": run.teacher.checkpoint,
@@ -319,6 +321,9 @@ class _Builder:
                       "that loads its own weights, e.g. hf/smollm2-135m)"
                       + (", not several" if sum(has.values()) > 1
                          else f"; got keys {sorted(self.raw(loc) or {})}"))
+        if spec.model.init_from_teacher is not None:
+            self.fail((*loc, "model", "init_from_teacher"), "only a student can be initialised from "
+                      "its teacher")
         model = self.model_spec(spec.model, (*loc, "model"))
         train = self.train_spec([("train",), (*loc, "train")]) if has["train"] else None
         task = None
@@ -465,6 +470,9 @@ class _Builder:
                 self.fail((*ploc, "teacher"), f"required key is missing: method {needs[0]!r} "
                           f"(loss {suite.methods[needs[0]].loss!r}) distils from a teacher")
             student = self.model_spec(pair.student, (*ploc, "student"))
+            if student.init_from_teacher is not None and teacher is None:
+                self.fail((*ploc, "student", "init_from_teacher"), "starts the student from its "
+                          "teacher's weights, and this pair has no teacher")
             display = pair.name or f"{teacher.model.name if teacher else 'none'}→{student.name}"
             if display in pair_names:
                 self.fail((*ploc, "name"), f"pair name {display!r} is already used by "

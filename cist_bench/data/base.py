@@ -45,7 +45,8 @@ from cist_bench.registry import Registry, did_you_mean
 
 logger = logging.getLogger(__name__)
 
-TaskKind = Literal["image_classification", "language_modeling", "text_classification"]
+TaskKind = Literal["image_classification", "language_modeling", "text_classification",
+                   "instruction_following"]
 SplitName = Literal["train", "val", "test"]
 
 #: Salt mixed into the permutation that subsamples the test split. It is deliberately *not*
@@ -97,6 +98,8 @@ def _coerce(name: str, value: Any, opt: Option) -> Any:
         return float(value)
     elif isinstance(value, str) and str in opt.types:
         return value
+    elif isinstance(value, dict) and dict in opt.types:
+        return dict(value)
     elif isinstance(value, os.PathLike) and os.PathLike in opt.types:
         return os.fspath(value)
     wanted = " or ".join(t.__name__ for t in opt.types) + (" or None" if opt.optional else "")
@@ -461,6 +464,26 @@ class Task:
         return self._splits
 
     def _build_splits(self) -> dict[str, Dataset]:
+        raise NotImplementedError
+
+    def extra_test_splits(self) -> dict[str, Dataset]:
+        """More held-out test sets, by name, evaluated with the selected weights (default none)."""
+        return {}
+
+    # -- generation (tasks whose answers are generated and scored) ----------------------------
+
+    #: the metrics scored per generation (keys of what :meth:`generate` returns), averaged
+    generation_metrics: ClassVar[tuple[str, ...]] = ()
+
+    def generation_positions(self, dataset: Dataset, split: str) -> range | None:
+        """The positions of ``dataset`` whose answers are generated and scored after each
+        evaluation, or ``None`` for a task scored on logits alone (the default)."""
+        return None
+
+    def generate(self, model: torch.nn.Module, dataset: Dataset, positions: Sequence[int], *,
+                 device: torch.device) -> list[dict[str, Any]]:
+        """One dict per position: what was generated, and a score per generation metric (its
+        numeric values are averaged into the split's metrics)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

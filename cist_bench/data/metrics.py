@@ -16,9 +16,10 @@ is needed; ``compute`` moves it to the host once.
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -158,3 +159,22 @@ class LanguageModelingAccumulator(MetricAccumulator):
             ppl = math.inf
         return {"perplexity": ppl, "token_accuracy": _ratio(s["correct"], s["count"]),
                 "nll": nll}
+
+
+# --------------------------------------------------------------------------------- generations
+
+
+@functools.lru_cache(maxsize=1)
+def _rouge_scorer() -> Any:
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError as exc:
+        raise ImportError("ROUGE-L needs Google's rouge-score package: `pip install rouge-score`") from exc
+    # stemming on, as Natural-Instructions' and MiniLLM's evaluation scripts score
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure (0-1) of one generated answer against its reference, computed by
+    ``rouge-score`` (its tokeniser: lower-cased alphanumeric words, Porter-stemmed)."""
+    return float(_rouge_scorer().score(reference, prediction)["rougeL"].fmeasure)

@@ -27,7 +27,7 @@ def build_model(spec: ModelSpec, task: Task) -> nn.Module:
     options = dict(spec.options)
     if task.kind == "image_classification":
         options.setdefault("in_chans", task.input_shape[0])
-    elif task.kind == "language_modeling" and spec.name in MODELS:
+    elif task.kind in ("language_modeling", "instruction_following") and spec.name in MODELS:
         # a context as long as the task's windows, unless the suite says otherwise
         context_option = getattr(MODELS.get(spec.name), "context_option", None)
         if context_option:

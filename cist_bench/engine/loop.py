@@ -37,15 +37,21 @@ from cist_bench.engine.batches import (
     to_device,
 )
 from cist_bench.engine.distributed import DistInfo, ShardSampler, all_reduce_sum, equal_train_batches
+from cist_bench.engine.generation import evaluate_generations
 from cist_bench.engine.optim import build_optimizer, build_scheduler
 from cist_bench.engine.outcome import Outcome
 from cist_bench.engine.seeding import seed_everything
 from cist_bench.engine.stats import StatsAccumulator
 from cist_bench.engine.teacher import LoadedTeacher, TeacherRuntime, load_teacher
 from cist_bench.losses import DistillationLoss, create_loss
+from cist_bench.models.init import init_from_teacher
 from cist_bench.spec import RunSpec, TrainSpec
 
 logger = logging.getLogger(__name__)
+
+
+#: generated test answers a record keeps (tasks scored on generations)
+KEEP_GENERATIONS = 8
 
 
 class RunFailedError(RuntimeError):
@@ -93,6 +99,10 @@ class MemoryHooks(Hooks):
 class EvalResult:
     metrics: dict[str, float]
     stats: dict[str, float] = field(default_factory=dict)
+    #: the first generated answers of the split (tasks scored on generations; rank 0 only)
+    generations: list[dict[str, Any]] = field(default_factory=list)
+
+
 
 
 @torch.no_grad()
@@ -100,7 +110,7 @@ def evaluate(model: nn.Module, task: Task, dataset: Dataset, *, info: DistInfo,
              device: torch.device, batch_size: int, amp: str = "off",
              teacher: Any = None, loss_fn: DistillationLoss | None = None,
              progress: float = 1.0, split: str = "val", workers: int = 0,
-             channels_last: bool = False) -> EvalResult:
+             channels_last: bool = False, keep_generations: int = 0) -> EvalResult:
     """Metrics of ``model`` on ``dataset`` summed over every worker's shard (no padding).
 
     With a teacher and a loss, also the loss's diagnostics pooled over the split (teacher
@@ -130,10 +140,12 @@ def evaluate(model: nn.Module, task: Task, dataset: Dataset, *, info: DistInfo,
         all_reduce_sum(state, info)
         acc.load_state(state.cpu())
     stats.reduce(info, device)
+    gen_metrics, generations = evaluate_generations(model, task, dataset, info=info, device=device,
+                                                    split=split, keep=keep_generations)
     model.train(was_training)
     if loss_fn is not None:
         loss_fn.train(loss_mode)
-    return EvalResult(acc.compute(), stats.compute())
+    return EvalResult({**gen_metrics, **acc.compute()}, stats.compute(), generations)
 
 
 # --------------------------------------------------------------------------------- training
@@ -169,18 +181,26 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeach
     task = task or create_task(spec.task.name, **spec.task.options)
     splits = task.splits()
     channels_last = train_cfg.channels_last and task.kind == "image_classification"
-    student = build_model(spec.student, task).to(device)
-    if channels_last:
-        student = student.to(memory_format=torch.channels_last)
+    student = build_model(spec.student, task)
     loss_fn = create_loss(spec.loss.name, **spec.loss.hparams).to(device)
+    init_every = spec.student.init_from_teacher
     teacher_runtime: TeacherRuntime | None = None
-    if spec.teacher is not None and loss_fn.needs_teacher:
+    if spec.teacher is not None and (loss_fn.needs_teacher or init_every):
         if teacher is None:
             with torch.random.fork_rng(devices=[]):  # building the model draws random weights
                 teacher = load_teacher(spec.teacher, spec.task, cache_root=cache_root)
-        teacher_runtime = TeacherRuntime(teacher, task, spec.teacher, spec.task, device=device,
-                                         amp=train_cfg.amp, cache_root=cache_root,
-                                         channels_last=channels_last)
+        if init_every:  # before the teacher moves to the device and is frozen
+            layers = init_from_teacher(student, teacher.model, init_every)
+            hooks.log(f"student initialised from teacher {teacher.id}, layers {layers['layers']}")
+        if loss_fn.needs_teacher:
+            teacher_runtime = TeacherRuntime(teacher, task, spec.teacher, spec.task, device=device,
+                                             amp=train_cfg.amp, cache_root=cache_root,
+                                             channels_last=channels_last)
+    elif init_every:
+        raise ValueError("student.init_from_teacher needs a teacher")
+    student = student.to(device)
+    if channels_last:
+        student = student.to(memory_format=torch.channels_last)
     t_setup = time.perf_counter() - t_start
 
     model: nn.Module = student
@@ -307,14 +327,21 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeach
                    "amp": train_cfg.amp, "teacher": teacher_runtime, "loss_fn": loss_fn,
                    "progress": 1.0, "split": "test", "workers": train_cfg.loader_workers,
                    "channels_last": channels_last}
-    test_last = evaluate(student, task, splits["test"], **eval_kwargs)
+    selected_is_last = best["state"] is None or best["epoch"] == len(history) - 1
+    test_last = evaluate(student, task, splits["test"], **eval_kwargs,
+                         keep_generations=KEEP_GENERATIONS if selected_is_last else 0)
     last_state = state_bytes(student)
-    if best["state"] is not None and best["epoch"] != len(history) - 1:
+    if not selected_is_last:
         load_state_bytes(student, best["state"])
-        test_best = evaluate(student, task, splits["test"], **eval_kwargs)
-        load_state_bytes(student, last_state)
+        test_best = evaluate(student, task, splits["test"], **eval_kwargs,
+                             keep_generations=KEEP_GENERATIONS)
     else:
         test_best = test_last
+    # more test sets (e.g. the instruction benchmarks beside Dolly's), selected weights only
+    extra_metrics = {f"test:{name}": evaluate(student, task, dataset, **eval_kwargs).metrics
+                     for name, dataset in task.extra_test_splits().items()}
+    if not selected_is_last:
+        load_state_bytes(student, last_state)
 
     teacher_metrics = teacher_runtime.metrics(info) if teacher_runtime is not None else None
     return Outcome(
@@ -323,6 +350,7 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeach
             "test_last": test_last.metrics,
             "val": history[best["epoch"]]["val"] if best["epoch"] is not None else {},
             "val_last": history[-1]["val"] if history else {},
+            **extra_metrics,
         },
         primary_metric={"name": primary.name, "higher_is_better": primary.higher_is_better},
         metric_directions={m.name: m.higher_is_better for m in task.metrics},
@@ -339,6 +367,7 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeach
         student_params=sum(p.numel() for p in student.parameters()),
         loss_hparams=loss_fn.hparams(),
         best_state=best["state"],
+        generations=test_best.generations,
     )
 
 

@@ -27,6 +27,9 @@ class Outcome:
     teacher: dict[str, Any] | None = None
     device: str | None = None
     student_params: int | None = None
+    #: the first generated test answers of the selected weights (``prompt``, ``prediction``,
+    #: ``reference`` and per-sample scores); empty for tasks scored on logits alone
+    generations: list[dict[str, Any]] = field(default_factory=list)
     #: the selected student's weights (``torch.save`` bytes); not part of a record
     best_state: bytes | None = field(default=None, repr=False)
 

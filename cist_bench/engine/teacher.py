@@ -32,6 +32,7 @@ from cist_bench.data import create_task
 from cist_bench.data.base import Task, atomic_write_bytes, cache_dir
 from cist_bench.engine.batches import IndexedDataset, amp_context, build_model, to_device
 from cist_bench.engine.distributed import DistInfo, ShardSampler
+from cist_bench.engine.generation import evaluate_generations
 from cist_bench.engine.outcome import Outcome
 from cist_bench.losses import resolve_hparams
 from cist_bench.models.frozen import FrozenTeacher
@@ -257,7 +258,27 @@ class TeacherRuntime:
         return out[index].to(self.device, non_blocking=True).float()
 
     def metrics(self, info: DistInfo) -> dict[str, Any]:
-        """The teacher's own val/test metrics on this task (for the report's teacher column)."""
+        """The teacher's own val/test metrics on this task (for the report's teacher column).
+
+        For a task scored on generations the teacher answers every prompt too; those metrics
+        are computed once per (teacher, task) and kept on disk beside the output cache."""
+        path = (self.cache_root or cache_dir()) / "teacher_outputs" / f"{self._key('metrics')}.json"
+        generates = self.task.generation_positions(self.task.splits()["test"], "test") is not None
+        if generates and path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError) as exc:  # damaged: measure again
+                logger.warning("ignoring unreadable teacher metrics %s (%s)", path, exc)
+        result = self._measure()
+        if generates:
+            for split in ("val", "test"):
+                scores, _ = evaluate_generations(self.frozen.model, self.task, self.task.splits()[split],
+                                                 info=DistInfo(), device=self.device, split=split)
+                result[split] = {**scores, **result[split]}
+            atomic_write_bytes(path, json.dumps(result).encode())
+        return result
+
+    def _measure(self) -> dict[str, Any]:
         result: dict[str, Any] = {"id": self.loaded.id, "task": to_dict(self.loaded.task)}
         for split in ("val", "test"):
             acc = self.task.make_metric_accumulator()

@@ -25,7 +25,9 @@ from cist_bench.report.tables import (
     TaskView,
     cost_table,
     entropy_table,
+    extra_test_table,
     failed_table,
+    generations_table,
     leaderboard,
     overhead_table,
     paired_table,
@@ -115,7 +117,25 @@ def _task_section(view: TaskView, failed: int, figures: list[tuple[str, str]] | 
         "runs (seeds); *CV* = H std / H mean (lower = the soft labels are equally informative "
         "across examples). τ_t, τ_s: teacher and student temperatures, mean ± std over test "
         "examples, averaged over seeds; *weight*, *ratio*: CIST's per-example weight and ratio "
-        "diagnostics where recorded."), "", md_table(entropy_table(view), left=2), ""]
+        "diagnostics where recorded.",
+        "For sequence tasks an example is a target token: prompt and padding positions carry no "
+        "target and are not counted (instruction following: response tokens only)."),
+        "", md_table(entropy_table(view), left=2), ""]
+    extra = extra_test_table(view)
+    if not extra.empty:
+        out += ["### Other test sets", "", paragraph(
+            f"Test {s.metric} ({unit}) on each further test set of the task, at the "
+            "validation-selected checkpoint, mean ± std over seeds."), "", md_table(extra, left=2), ""]
+    shown = [(pair, generations_table(view, pair)) for pair in view.pairs]
+    shown = [(pair, g) for pair, g in shown if g is not None and not g[0].empty]
+    if shown:
+        out += ["### Generations", "", paragraph(
+            "What the students write: the first test prompts with the reference answer and the "
+            f"greedy answers of the best and the worst method of the pair (by mean test {s.metric}), "
+            "from one seed; each answer's own ROUGE-L F-measure (%) in brackets.")]
+        for pair, (table, _, seed) in shown:
+            out += ["", f"*{pair}*, seed {seed}:", "", md_table(table, left=4)]
+        out.append("")
     out += ["### Cost", "", paragraph(
         "Per method on this task: wall time, training time and training throughput, averaged over "
         "its runs; device-hours = wall seconds × workers × (GPUs per worker for GPU runs, else "

@@ -330,3 +330,61 @@ def failed_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([{"Run": f"`{r.run_id}`", "Task": cell(r.task), "Pair": cell(r.pair),
                           "Method": cell(r.method), "Seed": _seed(r.seed), "Status": cell(r.status),
                           "Reason": failure_reason(r.error)} for r in failed.itertuples()])
+
+
+# ------------------------------------------------------------------- generated answers
+
+
+def _means_by_method(runs: pd.DataFrame, value: str = "test") -> dict[str, float]:
+    return {m: float(g[value].mean()) for m, g in runs.groupby("method") if g[value].notna().any()}
+
+
+def generations_table(view: TaskView, pair: str, limit: int = 3) -> tuple[pd.DataFrame, str, str] | None:
+    """The first ``limit`` kept test answers of the best and the worst method of ``pair`` (by mean
+    test score), side by side, from the lowest seed both have; ``None`` without generations."""
+    runs = view.runs[view.runs["pair"] == pair]
+    has = runs[runs["record"].map(lambda r: bool(r.generations))]
+    means = _means_by_method(has)
+    if len(means) < 2:
+        return None
+    ordered = sorted(means, key=lambda m: (-view.scale.sign * means[m], m))
+    best, worst = ordered[0], ordered[-1]
+    seeds = sorted(set(has.loc[has["method"] == best, "seed"]) & set(has.loc[has["method"] == worst, "seed"]))
+    if not seeds:
+        return None
+
+    def answers(method: str) -> list[Any]:
+        row = has[(has["method"] == method) & (has["seed"] == seeds[0])].iloc[0]
+        return list(row["record"].generations)
+
+    rows = []
+    for a, b in list(zip(answers(best), answers(worst), strict=False))[:limit]:
+        if a.prompt != b.prompt:
+            continue
+        rows.append({"Prompt": a.prompt, "Reference": a.reference,
+                     f"{best} (best)": f"{a.prediction} ({num(100 * (a.rougeL or 0.0), 1)})",
+                     f"{worst} (worst)": f"{b.prediction} ({num(100 * (b.rougeL or 0.0), 1)})"})
+    return pd.DataFrame(rows), best, str(int(seeds[0]))
+
+
+def extra_test_table(view: TaskView) -> pd.DataFrame:
+    """Per pair and method: the headline metric on each extra test set (``test:<name>`` splits
+    of the records), mean ± std over seeds; empty when no record has one."""
+    metric, scale = view.scale.metric, view.scale
+    names = sorted({k.partition(":")[2] for r in view.runs["record"] for k in r.metrics if k.startswith("test:")})
+    rows = []
+    for pair in view.pairs:
+        for m in view.methods:
+            r = view.runs[(view.runs["pair"] == pair) & (view.runs["method"] == m)]
+            if r.empty:
+                continue
+            row = {"Pair": pair, "Method": m}
+            for name in names:
+                values = np.array([float(rec.metrics.get(f"test:{name}", {}).get(metric, math.nan))
+                                   for rec in r["record"]])
+                values = values[~np.isnan(values)]
+                row[name] = scale.mean_std(float(values.mean()) if values.size else math.nan,
+                                           float(values.std(ddof=1)) if values.size > 1 else math.nan,
+                                           int(values.size))
+            rows.append(row)
+    return pd.DataFrame(rows) if names else pd.DataFrame()

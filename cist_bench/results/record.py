@@ -8,7 +8,7 @@ of the suite, and the provenance of the code (git commit, library versions, hard
 
 :func:`read_record` is the only way records are read: it checks ``schema_version``, upgrades
 older versions it knows (version 1 kept ``git_commit``, ``versions`` and ``hardware`` at the
-top level), and refuses newer ones with a message that says what to do.
+top level; version 2 had no ``generations``), and refuses newer ones with a message that says what to do.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ from pydantic.dataclasses import dataclass
 
 from cist_bench.spec import SPEC_CONFIG, RunSpec, adapter, render_loc, to_dict
 
-SCHEMA_VERSION = 2
-#: versions :func:`read_record` can upgrade from
-READABLE_VERSIONS = (1, 2)
-PACKAGES = ("cist_bench", "torch", "torchvision", "ray", "timm", "numpy", "pandas", "transformers")
+SCHEMA_VERSION = 3
+#: versions :func:`read_record` can upgrade from (3 added ``generations``; 2 reads as it is)
+READABLE_VERSIONS = (1, 2, 3)
+PACKAGES = ("cist_bench", "torch", "torchvision", "ray", "timm", "numpy", "pandas", "transformers",
+            "rouge-score")
 
 _CONFIG = ConfigDict(extra="forbid")
 Metrics = dict[str, Any]
@@ -57,6 +58,17 @@ class ReportRoles:
     """the reference of the Δ rows of the leaderboards"""
     baseline: str = "ce"
     """the student trained alone"""
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class Generation:
+    """One generated test answer, kept so a reader can see what the student writes."""
+
+    prompt: str
+    prediction: str
+    reference: str
+    #: the per-sample score of each generation metric (ROUGE-L F-measure, 0-1)
+    rougeL: float | None = None  # noqa: N815 - the metric's name, as in every record
 
 
 @dataclass(frozen=True, config=_CONFIG)
@@ -118,6 +130,8 @@ class RunRecord:
     #: the suite's report roles (proposed, reference, baseline)
     roles: ReportRoles | None = None
     search: SearchInfo | None = None
+    #: the first generated test answers of the selected weights (tasks scored on generations)
+    generations: list[Generation] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -158,6 +172,7 @@ def read_record(data: Any, source: str = "record") -> RunRecord:
              "Re-run the suite to write it again, or read it with the cist_bench that wrote it."))
     if version == 1:
         data = _upgrade_v1(data)
+    data = {**data, "schema_version": SCHEMA_VERSION}  # 2 → 3 only added an optional field
     try:
         return adapter(RunRecord).validate_python(data)
     except ValidationError as exc:
@@ -238,4 +253,6 @@ def make_record(spec: RunSpec, *, status: Literal["ok", "failed"], outcome: Any 
         student_params=o.student_params if o else None,
         attempts=attempts, started=started, finished=now(),
         provenance=Provenance(git_commit(), library_versions(), hardware()),
-        roles=ReportRoles(**roles) if isinstance(roles, dict) else roles, search=search)
+        roles=ReportRoles(**roles) if isinstance(roles, dict) else roles, search=search,
+        generations=[Generation(**{k: g.get(k) for k in ("prompt", "prediction", "reference", "rougeL")})
+                     for g in (getattr(o, "generations", None) or [])])

@@ -84,8 +84,10 @@ def record_failure(spec: TeacherSpec, run_task: TaskSpec, cache_root: Path | Non
 
 
 def needs_teacher(run: RunSpec) -> bool:
-    """Whether ``run`` distils from its teacher: the loss class declares it."""
-    return run.teacher is not None and loss_needs_teacher(run.loss.name)
+    """Whether ``run`` uses its teacher: its loss distils (the loss class declares it), or its
+    student starts from the teacher's weights."""
+    return run.teacher is not None and (loss_needs_teacher(run.loss.name)
+                                        or run.student.init_from_teacher is not None)
 
 
 def teachers_to_train(runs: Iterable[RunSpec], cache_root: Path | None) -> dict[str, RunSpec]:
