@@ -386,3 +386,74 @@ def test_tiny_instruct_quickstart_through_ray(tmp_path: Path) -> None:
         assert r["primary_metric"]["name"] == "rougeL"
     report = (tmp_path / "report.md").read_text()
     assert "### Generations" in report and "Headline metric: **rougeL**" in report
+
+
+#: a worker of the two-process generation test: builds the same task and model as the test
+DDP_WORKER = """
+import json, sys, torch
+import torch.distributed as dist
+from cist_bench.data import create_task
+from cist_bench.engine.batches import build_model
+from cist_bench.engine.distributed import DistInfo
+from cist_bench.engine.generation import evaluate_generations
+from cist_bench.spec import ModelSpec
+
+rank, port, source, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+torch.set_num_threads(1)
+task = create_task("instruct", **json.loads(sys.argv[5]))
+torch.manual_seed(3)
+model = build_model(ModelSpec("gpt_tiny"), task)
+with torch.no_grad():
+    for p in model.parameters():
+        p.normal_(0.0, 0.3)
+metrics, kept = evaluate_generations(model, task, task.splits()["test"], info=DistInfo.detect(),
+                                     device=torch.device("cpu"), split="test", keep=8)
+if rank == 0:
+    open(out, "w").write(json.dumps({"metrics": metrics, "kept": kept}))
+dist.destroy_process_group()
+"""
+
+
+def test_two_worker_generation_scores_equal_one_process(tmp_path: Path) -> None:
+    """Each worker answers its shard; the summed scores and the kept answers are those of one
+    process answering every prompt (two real gloo processes, no Ray)."""
+    import socket
+    import subprocess
+    import sys
+
+    from cist_bench.engine.batches import build_model
+    from cist_bench.engine.distributed import DistInfo
+    from cist_bench.engine.generation import evaluate_generations
+
+    source = str(_jsonl(tmp_path / "pairs.jsonl", _pairs(37)))
+    options = {"source": source, "test_source": source, "val_size": 4, "max_length": 40,
+               "max_prompt_length": 20, "generate_batch_size": 5}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER)
+    out = tmp_path / "ddp.json"
+    procs = [subprocess.Popen([sys.executable, str(script), str(rank), str(port), source, str(out),
+                               json.dumps(options)]) for rank in range(2)]
+    try:
+        assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    ddp = json.loads(out.read_text())
+    task = create_task("instruct", **options)
+    torch.manual_seed(3)
+    model = build_model(ModelSpec("gpt_tiny"), task)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    test = task.splits()["test"]
+    metrics, kept = evaluate_generations(model, task, test, info=DistInfo(), device=torch.device("cpu"),
+                                         split="test", keep=8)
+    assert len(test) == 37 and len(kept) == 8
+    assert len({g["prediction"] for g in kept}) > 1  # the answers differ: a real comparison
+    assert ddp["kept"] == kept
+    assert ddp["metrics"]["rougeL"] == pytest.approx(metrics["rougeL"], abs=1e-12)
