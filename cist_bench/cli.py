@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -94,30 +95,47 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # every check happens here, before Ray starts; a dry run plans campaigns for machines that
     # hold the data (a cluster), so it does not require the data here
     suite = _load(args, verify_data=not args.dry_run)
-    if suite.search is not None:
-        print(f"error: {suite.path}: search: this suite has a `search:` block; run the search with "
-              "`cist-bench tune`, or remove the block to run the grid", file=sys.stderr)
+    tuned = suite.search is not None
+    if tuned and suite.search.train_seed in suite.seeds:
+        print(f"error: {suite.path}: search.train_seed: the search trains its trials with seed "
+              f"{suite.search.train_seed}, which the final runs use too (seeds {list(suite.seeds)}); "
+              "the winners must run with fresh seeds: set search.train_seed to a seed not in `seeds`",
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:
         _print_plan(suite, args.assume_throughput)
+        if tuned:
+            s = suite.search
+            print(f"  protocol: tune first ({len(s.groups)} (task, pair, method) × {s.num_samples} trials, "
+                  f"seed {s.train_seed}, validation only), then every run above with the winners")
         print("  (dry run: data availability not checked; `cist-bench validate` checks it)")
         return EXIT_OK
     from cist_bench.runner.campaign import run_campaign
+    from cist_bench.runner.cluster import shutdown_ray
 
     output = Path(args.output or Path("outputs") / suite.name)
-    runs = suite.runs()
-    print(f"suite {suite.name}: {len(runs)} runs → {output}", file=sys.stderr)
+    t0 = time.perf_counter()
+    sources: dict[str, Any] = {}
     try:
+        if tuned:  # the fair protocol: equal-budget search on validation, winners on fresh seeds
+            suite, sources, code = _tune_then_plan(args, suite, output)
+            if code is not None:
+                return code
+        runs = suite.runs()
+        print(f"suite {suite.name}: {len(runs)} runs → {output}", file=sys.stderr)
         result = run_campaign(
             runs, output, suite=suite.name, address=args.address,
             max_concurrent=args.max_concurrent or suite.max_concurrent,
             executor=args.executor or suite.executor, max_failures=args.max_failures,
             num_cpus=args.num_cpus, storage=args.storage, roles=_roles(suite),
-            progress_interval=args.progress_interval)
+            progress_interval=args.progress_interval, sources=sources, keep_ray=tuned)
     except ValueError as err:  # resources an executor cannot give, records of another schema
         print(f"error: {suite.path}: {err}", file=sys.stderr)  # version: nothing was started
         return EXIT_BAD_INPUT
-    print(f"done in {result.wall_seconds:.0f} s: {result.ok} ok, {result.failed} failed, "
+    finally:
+        if tuned:
+            shutdown_ray()
+    print(f"done in {time.perf_counter() - t0:.0f} s: {result.ok} ok, {result.failed} failed, "
           f"{result.skipped} already done", file=sys.stderr)
     for run_id, reason in result.failures:
         print(f"  failed {run_id}: {reason.splitlines()[0][:200]}", file=sys.stderr)
@@ -126,6 +144,53 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                title=suite.name)
         print(f"report: {report}")
     return EXIT_FAILED_RUNS if result.failed else EXIT_OK
+
+
+#: where the tuned-then-run protocol keeps its search, under the run's output
+SEARCH_SUBDIR = "search"
+
+
+def _tune_then_plan(args: argparse.Namespace, suite: Any, output: Path) -> tuple[Any, dict[str, Any], int | None]:
+    """The search of a suite with a ``search:`` block (resumed if ``output`` holds it), then the
+    suite again with the winners applied (``hparams_from``). Returns the final suite, run id →
+    hyperparameter source, and an exit code when it cannot go on."""
+    from cist_bench.config import SuiteError, load_suite
+    from cist_bench.runner.search import BEST_FILE, PLAN_FILE, SearchError, run_search
+
+    plan = suite.search
+    folder = output / SEARCH_SUBDIR
+    print(f"tuning first: {len(plan.groups)} (task, pair, method), the same budget for each: "
+          f"{plan.describe_budget()}; trials train with seed {plan.train_seed} and are judged on "
+          f"validation → {folder}", file=sys.stderr)
+    try:
+        result = run_search(plan, folder, executor=args.executor or suite.executor, address=args.address,
+                            resume=(folder / PLAN_FILE).is_file(), max_concurrent=args.max_concurrent,
+                            num_cpus=args.num_cpus, max_failures=args.max_failures,
+                            cache_root=output / "teachers_cache", storage=args.storage, roles=_roles(suite),
+                            suite_file=str(suite.path), progress_interval=args.progress_interval,
+                            keep_ray=True)
+    except SearchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return suite, {}, EXIT_BAD_INPUT
+    for g in result.groups:
+        if g.best is None:
+            print(f"  {g.group.describe()}: no trial finished; its runs use the suite's values (fixed)",
+                  file=sys.stderr)
+        else:
+            value = g.best.metrics["val"][g.group.primary]
+            print(f"  {g.group.describe()}: val {g.group.primary} {value:.4f} with {g.best.search.hparams}",
+                  file=sys.stderr)
+    print(f"search done in {result.wall_seconds:.0f} s ({result.trials} trials, {result.failed} failed)",
+          file=sys.stderr)
+    if not any(g.best is not None for g in result.groups):
+        return suite, {}, None  # nothing tuned: every run keeps the suite's values
+    try:
+        final = load_suite(args.suite, overrides=args.set or (), verify_data=False,
+                           hparams_from=folder / BEST_FILE)
+    except SuiteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return suite, {}, EXIT_BAD_INPUT
+    return final, final.hparams_sources(), None
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -151,7 +216,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     epochs = sum(g.epochs_run for g in result.groups)
-    full = result.trials * plan.max_epochs
+    full = sum(len(g.records) * g.group.max_epochs for g in result.groups)
     stopped = sum(g.early_stopped for g in result.groups)
     print(f"done in {result.wall_seconds:.0f} s: {result.trials} trials ({result.failed} failed, "
           f"{stopped} stopped early); {epochs} trial-epochs of {full} at full budget "

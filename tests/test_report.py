@@ -311,9 +311,18 @@ def test_a_version_1_record_is_upgraded_on_read() -> None:
     assert record.spec.task.name == data["task"] and record.roles is None
 
 
+def test_a_version_3_record_reads_without_a_hyperparameter_source() -> None:
+    """Records written before ``hparams_source`` (schema version 3) read as they are; the
+    report lists their source as unrecorded."""
+    data = {**_raw(RECORDS)[0], "schema_version": 3}
+    data.pop("hparams_source", None)
+    record = read_record(data)
+    assert record.schema_version == SCHEMA_VERSION and record.hparams_source is None
+
+
 def test_records_of_another_version_are_refused_with_what_to_do(tmp_path: Path) -> None:
     newer = {**_raw(RECORDS)[0], "schema_version": 9}
-    with pytest.raises(RecordVersionError, match="version 9; this cist_bench reads versions 1, 2, 3. Upgrade"):
+    with pytest.raises(RecordVersionError, match="version 9; this cist_bench reads versions 1, 2, 3, 4. Upgrade"):
         read_record(newer)
     (tmp_path / "new.jsonl").write_text(json.dumps(newer) + "\n", encoding="utf-8")
     with pytest.raises(ReportError, match="Upgrade cist_bench"):

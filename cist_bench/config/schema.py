@@ -121,11 +121,12 @@ class SearchBlock:
     """An equal-budget hyperparameter search (``cist-bench tune``); see
     :mod:`cist_bench.config.search`."""
 
-    max_epochs: PositiveInt
-    """every trial's budget (replaces train.epochs)"""
     spaces: dict[Str, dict[Str, dict[Str, Any]]]
     """method label → {hyperparameter: {uniform|loguniform|randint: [lo, hi]} or
     {choice|grid: [values]}}; ``<p>_span`` searches ``<p>_max = <p>_min + span``"""
+    max_epochs: PositiveInt | None = None
+    """every trial's budget in epochs (replaces train.epochs); omitted: each trial trains for its
+    run's own train.epochs, so every method of a task and pair gets that task's budget"""
     num_samples: PositiveInt | None = None
     """trials per (task, pair, method): the same for every method"""
     scheduler: Annotated[SchedulerSpec, BeforeValidator(_scheduler_name)] = \
@@ -138,6 +139,10 @@ class SearchBlock:
     """the method labels searched (default: every one a task runs)"""
     max_concurrent: PositiveInt | None = None
     """trials at once (default: the suite's, else what the cluster fits)"""
+    train_seed: NonNegativeInt | None = None
+    """the seed every trial trains with (default: the suite's first seed). `cist-bench run` of a
+    suite with a search tunes first and then runs the winners with the suite's seeds, which must
+    not include it: fresh seeds on test"""
 
 
 @dataclass(frozen=True, config=SPEC_CONFIG)

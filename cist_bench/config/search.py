@@ -4,17 +4,19 @@ A tune suite is a regular suite plus (the schema: :class:`~cist_bench.config.sch
 
     search:
       num_samples: 8               # trials per (task, pair, method): the same for every method
-      max_epochs: 6                # every trial's budget (replaces train.epochs)
+      max_epochs: 6                # every trial's budget (replaces train.epochs; omitted: the
+                                   # run's own epochs, a budget per task)
       scheduler: {name: asha, grace_period: 1, reduction_factor: 2}   # or {name: fifo}
       algorithm: random            # random | grid | optuna (TPE; needs `pip install optuna`)
       seed: 0                      # seeds the sampler (random, optuna)
       methods: [kd, cist]          # optional: the method labels searched (default: all run)
-      spaces:                      # method label -> {hyperparameter: distribution}
+      spaces:                      # method label -> {hyperparameter: distribution}; a key
+                                   # `<label>@<task>` gives one task its own space for the method
         kd:   {temperature: {loguniform: [1.0, 10.0]}, kd_weight: {uniform: [0.5, 2.0]}}
         cist: {tau_min: {uniform: [0.5, 3.0]}, tau_span: {uniform: [1.0, 15.0]}}
 
 Distributions and spans: :mod:`cist_bench.search.space`. Trials train with the suite's first
-seed and its recipe, for ``max_epochs`` epochs, with the suite's resources and executor (a
+seed (or ``train_seed``) and its recipe, for ``max_epochs`` epochs, with the suite's resources and executor (a
 data-parallel suite has data-parallel trials); only the searched methods run.
 
 **Algorithms.** ``random``: ``num_samples`` points drawn per method with a generator seeded
@@ -104,7 +106,7 @@ class Group:
     pair: str
     method: str
     loss: str
-    #: the suite's run (first seed) with ``max_epochs``: what every trial changes the hparams of
+    #: the suite's run (``train_seed``) with the budget's epochs: what every trial changes the hparams of
     base: RunSpec
     #: the method's fixed hyperparameters in the suite (method < pair layer), defaults included
     fixed: dict[str, Any]
@@ -121,6 +123,11 @@ class Group:
         return {k: v for k, v in self.fixed.items() if k not in defaults or v != defaults[k]}
 
     @property
+    def max_epochs(self) -> int:
+        """Every trial's epochs in this group."""
+        return self.base.train.epochs
+
+    @property
     def primary(self) -> str:
         return self.metric[len("val_"):]
 
@@ -135,7 +142,8 @@ class SearchPlan:
     name: str
     id: str
     num_samples: int
-    max_epochs: int
+    #: every trial's epochs; None: each group's run's own epochs (:attr:`Group.max_epochs`)
+    max_epochs: int | None
     scheduler: SchedulerSpec
     algorithm: str
     seed: int
@@ -146,16 +154,19 @@ class SearchPlan:
     max_concurrent: int | None = None
     spaces: dict[str, Space] = field(default_factory=dict, compare=False)
 
-    def budget(self) -> dict[str, Any]:
-        """What every method compared in this search gets (recorded in every trial's record)."""
-        return {"num_samples": self.num_samples, "max_epochs": self.max_epochs,
+    def budget(self, group: Group | None = None) -> dict[str, Any]:
+        """What every method compared in this search gets (recorded in every trial's record);
+        with ``group``: its epochs when the budget follows each run's own (``max_epochs`` unset)."""
+        epochs = self.max_epochs if self.max_epochs is not None or group is None else group.max_epochs
+        return {"num_samples": self.num_samples, "max_epochs": epochs,
                 "scheduler": scheduler_data(self.scheduler), "algorithm": self.algorithm}
 
     def describe_budget(self) -> str:
         s = self.scheduler
         sched = "FIFO (no early stopping)" if s.name == "fifo" else \
             f"ASHA over epochs (grace period {s.grace_period}, reduction factor {s.reduction_factor:g})"
-        return (f"{self.num_samples} trials per (task, pair, method), at most {self.max_epochs} epochs "
+        epochs = self.max_epochs if self.max_epochs is not None else "its task's (train.epochs)"
+        return (f"{self.num_samples} trials per (task, pair, method), at most {epochs} epochs "
                 f"each, scheduler {sched}, algorithm {self.algorithm} (seed {self.seed})")
 
     def to_data(self) -> dict[str, Any]:
@@ -194,13 +205,15 @@ def build_search(suite: Any, block: SearchBlock, fail: Fail) -> SearchPlan:
     if block.algorithm == "optuna" and importlib.util.find_spec("optuna") is None:
         fail((*S, "algorithm"), "optuna (TPE) is not installed: pip install 'cist_bench[optuna]' "
                                 "(or pip install optuna), or use algorithm: random")
-    if block.scheduler.name == "asha" and block.scheduler.grace_period > block.max_epochs:
+    if block.scheduler.name == "asha" and block.max_epochs is not None and \
+            block.scheduler.grace_period > block.max_epochs:
         fail((*S, "scheduler", "grace_period"), f"{block.scheduler.grace_period} is more than "
              f"search.max_epochs ({block.max_epochs}): no trial could be stopped early")
     if block.num_samples is None and block.algorithm != "grid":
         fail((*S, "num_samples"), "required key is missing (trials per task, pair and method)")
 
-    runs = [r for r in suite.runs() if r.seed == suite.seeds[0]]
+    train_seed = block.train_seed if block.train_seed is not None else suite.seeds[0]
+    runs = [dataclasses.replace(r, seed=train_seed) for r in suite.runs() if r.seed == suite.seeds[0]]
     run_labels: dict[str, str] = {}
     for r in runs:
         run_labels.setdefault(r.loss.method, r.task.name)
@@ -214,22 +227,32 @@ def build_search(suite: Any, block: SearchBlock, fail: Fail) -> SearchPlan:
             fail((*S, "methods", i), f"method {label!r} is not run by any task (tasks.<task>.methods)")
     if len(set(searched)) != len(searched):
         fail((*S, "methods"), f"duplicate labels in {searched}")
-    for label in block.spaces:
+    tasks_of: dict[str, list[str]] = {}
+    for r in runs:
+        if r.task.name not in tasks_of.setdefault(r.loss.method, []):
+            tasks_of[r.loss.method].append(r.task.name)
+    for key in block.spaces:
+        label, _, task = key.partition("@")
         if label not in searched:
             what = (f"method {label!r} is not searched (search.methods: {searched})" if label in methods_cfg
                     else f"no method {label!r} under `methods`; {did_you_mean(label, searched)}")
-            fail((*S, "spaces", label), what)
+            fail((*S, "spaces", key), what)
+        if task and task not in tasks_of[label]:
+            fail((*S, "spaces", key), f"method {label!r} is not run by task {task!r} (it runs on "
+                 f"{', '.join(tasks_of[label])}); `<method>@<task>` gives one task its own space")
     for label in searched:
-        if label not in block.spaces:
-            fail((*S, "spaces"), f"method {label!r} (run by tasks.{run_labels[label]}) has no space under "
-                 "search.spaces; give it one, or leave it out of the search with search.methods: [...]")
-    spaces = {label: _space(label, methods_cfg[label]["loss"], block.spaces[label], block.algorithm, fail)
-              for label in searched}
+        for task in tasks_of[label]:
+            if label not in block.spaces and f"{label}@{task}" not in block.spaces:
+                fail((*S, "spaces"), f"method {label!r} (run by tasks.{task}) has no space under "
+                     f"search.spaces ({label} or {label}@{task}); give it one, or leave it out of the search "
+                     "with search.methods: [...]")
+    spaces = {key: _space(key, methods_cfg[key.partition("@")[0]]["loss"], block.spaces[key], block.algorithm,
+                          fail) for key in block.spaces}
     num_samples = _budget(block, spaces, fail)
 
     plan = SearchPlan(name=suite.name, id="", num_samples=num_samples, max_epochs=block.max_epochs,
                       scheduler=block.scheduler, algorithm=block.algorithm, seed=block.seed,
-                      methods=tuple(searched), groups=(), train_seed=suite.seeds[0],
+                      methods=tuple(searched), groups=(), train_seed=train_seed,
                       max_concurrent=block.max_concurrent, spaces=spaces)
     groups = tuple(_groups(runs, plan, fail))
     ident = spec_id({"suite": suite.name, "search": plan.to_data()["search"],
@@ -308,10 +331,15 @@ def _groups(runs: list[RunSpec], plan: SearchPlan, fail: Fail) -> list[Group]:
             key = _slug(f"{run.task.name}.{run.pair_name}.{label}") + f"-{n}"
             n += 1
         keys.add(key)
-        _check_schedule(run, plan.max_epochs, fail)
-        base = dataclasses.replace(run, train=dataclasses.replace(run.train, epochs=plan.max_epochs))
+        epochs = plan.max_epochs if plan.max_epochs is not None else run.train.epochs
+        if plan.scheduler.name == "asha" and plan.scheduler.grace_period > epochs:
+            fail(("search", "scheduler", "grace_period"), f"{plan.scheduler.grace_period} is more than the "
+                 f"{epochs} epochs of {run.task.name} {run.pair_name}: no trial could be stopped early")
+        _check_schedule(run, epochs, fail)
+        base = dataclasses.replace(run, train=dataclasses.replace(run.train, epochs=epochs))
         group = Group(key=key, task=run.task.name, pair=run.pair_name, method=label, loss=run.loss.name,
-                      base=base, fixed=dict(run.loss.hparams), space=plan.spaces[label],
+                      base=base, fixed=dict(run.loss.hparams),
+                      space=plan.spaces.get(f"{label}@{run.task.name}") or plan.spaces[label],
                       metric=metrics[task_key][0], mode=metrics[task_key][1])
         _check_corners(group, fail)
         if plan.algorithm != "optuna":

@@ -77,10 +77,26 @@ class Suite:
     _train_sizes: dict[str, int | None] = field(default_factory=dict, repr=False, compare=False)
     #: the search plan when the suite has a ``search:`` block (cist_bench.config.search)
     search: Any = field(default=None, repr=False, compare=False)
+    #: (task, pair, method label) → where ``hparams_from`` values came from (HparamsSource data)
+    tuned: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict, repr=False,
+                                                            compare=False)
 
     def runs(self) -> list[RunSpec]:
         """Every run, ordered by task, pair, method, seed (the suite's own orders)."""
         return list(self._runs)
+
+    def hparams_sources(self) -> dict[str, dict[str, Any]]:
+        """run id → where its loss hyperparameters came from, for the runs whose values were
+        tuned (``hparams_from``) and still hold the tuned values (a ``--set`` override that
+        changes one makes the run's hyperparameters ``fixed``); the other runs are ``fixed``."""
+        out: dict[str, dict[str, Any]] = {}
+        for run in self._runs:
+            source = self.tuned.get((run.task.name, run.pair_name, run.loss.method))
+            if source is None:
+                continue
+            if all(run.loss.hparams.get(k) == v for k, v in source["hparams"].items()):
+                out[run.run_id] = source
+        return out
 
     def plan(self) -> dict[str, Any]:
         """Counts, distinct teacher recipes and a rough compute estimate (example-epochs)."""
@@ -148,19 +164,25 @@ def list_suites(root: str | Path = "suites") -> list[Path]:
 
 
 def load_suite(path: str | Path, overrides: Sequence[str] = (), *, verify_data: bool = True,
-               num_samples: int | None = None, need_search: bool = False) -> Suite:
+               num_samples: int | None = None, need_search: bool = False,
+               hparams_from: str | Path | None = None) -> Suite:
     """Read, merge, override and validate a suite file; raise :class:`SuiteError` on any problem.
 
     ``verify_data=False`` skips loading every task's data (the plan then knows fewer sizes).
     ``num_samples`` (``cist-bench tune --num-samples``) overrides ``search.num_samples``;
     ``need_search``: a suite without a ``search:`` block is refused (``cist-bench tune``).
+    ``hparams_from``: a best-hyperparameters file applied as the suite's ``hparams_from`` key
+    would be (the tuned-then-run protocol of a suite with a ``search:`` block).
     """
     path = Path(path)
     if isinstance(overrides, str):
         overrides = [overrides]
     data, origins = load_tree(path)
+    if hparams_from is not None:
+        data[HPARAMS_FROM] = str(Path(hparams_from).resolve())
+    tuned: dict[tuple[str, str, str], dict[str, Any]] = {}
     if HPARAMS_FROM in data:  # before --set overrides, so that one can still change a tuned value
-        apply_best(data, origins.lookup((HPARAMS_FROM,), path))
+        tuned = apply_best(data, origins.lookup((HPARAMS_FROM,), path) if hparams_from is None else path)
     for text in overrides:
         apply_override(data, origins, path, text)
     if num_samples is not None:
@@ -168,7 +190,8 @@ def load_suite(path: str | Path, overrides: Sequence[str] = (), *, verify_data: 
             raise SuiteError(path, "search", "--num-samples needs a suite with a `search:` block")
         data["search"]["num_samples"] = num_samples
         origins.replace(("search", "num_samples"), Origins(path), path)
-    return _Builder(path, data, origins, verify_data).build(need_search)
+    suite = _Builder(path, data, origins, verify_data).build(need_search)
+    return dataclasses.replace(suite, tuned=tuned) if tuned else suite
 
 
 # ------------------------------------------------------------------------- hparams_from
@@ -189,15 +212,18 @@ def pair_display_name(pair: Any) -> str | None:
     return f"{t_name}→{s_name}"
 
 
-def apply_best(data: dict[str, Any], path: Path) -> None:
+def apply_best(data: dict[str, Any], path: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
     """Consume ``hparams_from`` (in place): every entry of the ``best_hparams.yaml`` it names
     whose task, pair and method the suite runs is merged into that pair's ``hparams[<method>]``
     — the most specific hyperparameter layer, so the tuned values win over the method's and the
     pair's own. Entries the suite does not run are ignored; a file that matches nothing is an
-    error. ``path`` is the file that sets the key (relative paths are relative to it)."""
+    error. ``path`` is the file that sets the key (relative paths are relative to it).
+
+    Returns (task, pair, method label) → where the values came from (``HparamsSource`` data:
+    the search, its budget, the winning trial)."""
     ref = data.pop(HPARAMS_FROM, None)
     if ref is None:
-        return
+        return {}
     if not isinstance(ref, str) or not ref:
         raise SuiteError(path, HPARAMS_FROM, f"expected the path of a best_hparams.yaml written by "
                          f"`cist-bench tune`, got {ref!r}")
@@ -206,9 +232,12 @@ def apply_best(data: dict[str, Any], path: Path) -> None:
         raise SuiteError(path, HPARAMS_FROM, f"{ref!r} not found (looked for {file}; the path is relative "
                          "to the suite file)")
     try:
-        best = read_best(file)["best"]
+        content = read_best(file)
     except BestFileError as err:
         raise SuiteError(path, HPARAMS_FROM, str(err)) from None
+    best = content["best"]
+    header = content.get("search") if isinstance(content.get("search"), Mapping) else {}
+    sources: dict[tuple[str, str, str], dict[str, Any]] = {}
     tasks, methods = data.get("tasks"), data.get("methods")
     applied: list[str] = []
     for task, block in (tasks.items() if isinstance(tasks, Mapping) else []):
@@ -232,10 +261,16 @@ def apply_best(data: dict[str, Any], path: Path) -> None:
                 pair["hparams"][label] = {**(current if isinstance(current, dict) else {}),
                                           **dict(entry["hparams"])}
                 applied.append(f"{task}/{name}/{label}")
+                sources[(task, name, label)] = {
+                    "kind": "tuned", "search": header.get("name"), "search_id": header.get("id"),
+                    "budget": entry.get("budget") or header.get("budget"), "trial_index": entry.get("trial_index"),
+                    "trial_run_id": entry.get("run_id"), "val": entry.get("val"),
+                    "metric": entry.get("metric"), "hparams": dict(entry["hparams"]), "file": str(file)}
     if not applied:
         offered = [f"{t}/{p}/{m}" for t, ps in best.items() for p, ms in (ps or {}).items() for m in ms]
         raise SuiteError(path, HPARAMS_FROM, f"{file} tunes {', '.join(offered) or 'nothing'} "
                          "(task/pair/method), but this suite runs none of them")
+    return sources
 
 
 # ---------------------------------------------------------------------------- validation

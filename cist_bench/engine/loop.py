@@ -133,7 +133,7 @@ def evaluate(model: nn.Module, task: Task, dataset: Dataset, *, info: DistInfo,
         acc.update(logits.float(), y)
         if teacher is not None and loss_fn is not None:
             t_logits = teacher.logits(x, split=split, index=idx)
-            out = loss_fn(logits.float(), t_logits, y, progress=progress)
+            out = loss_fn(logits.float(), t_logits, y, progress=progress, epoch_progress=progress)
             stats.update(out, (y != -100).sum())
     if info.distributed:  # the accumulator's tensor is live: reduce it where it lives
         state = acc.state.to(device)
@@ -161,7 +161,7 @@ def _is_better(value: float, best: float | None, higher_is_better: bool) -> bool
 
 def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeacher | None = None,
               cache_root: Path | None = None, task: Task | None = None,
-              distributed: bool = True) -> Outcome:
+              distributed: bool = True, test: bool = True) -> Outcome:
     """Train one run; return its :class:`~cist_bench.engine.outcome.Outcome`.
 
     ``teacher``: the run's teacher, loaded (the runner makes a recipe teacher ready first); when
@@ -170,6 +170,7 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeach
     :class:`RunFailedError` when the run cannot finish (non-finite loss); any other exception
     is a bug or an environment problem and propagates. ``distributed=False`` trains in this
     process alone even inside a process group (a teacher trained on demand by one worker).
+    ``test=False`` never touches the test split (a search trial: validation only).
     """
     hooks = hooks or Hooks()
     info = DistInfo.detect() if distributed else DistInfo()
@@ -248,6 +249,9 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeach
         sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, ce, kd, rows
         t0 = time.perf_counter()
         n_seen = 0
+        # warm-ups and curricula: per step, or per 1-based epoch as the reference code (the
+        # loss's ``ramp`` chooses)
+        epoch_progress = (epoch + 1) / train_cfg.epochs
         for step, (x, y, idx) in enumerate(_take(loader, steps_per_epoch)):
             global_step = epoch * steps_per_epoch + step
             progress = global_step / total_steps
@@ -256,7 +260,7 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeach
                 s_logits = model(x)
                 t_logits = teacher_runtime.logits(x, split="train", index=idx) \
                     if teacher_runtime is not None else None
-            out = loss_fn(s_logits, t_logits, y, progress=progress)
+            out = loss_fn(s_logits, t_logits, y, progress=progress, epoch_progress=epoch_progress)
             loss = out["loss"]
             _check_finite(loss, info, device, epoch, step)
             optimizer.zero_grad(set_to_none=True)
@@ -309,6 +313,11 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeach
             "train_seconds": epoch_train_seconds,
             "train_samples": int(seen.item()),
         }
+        if test and train_cfg.test_every_epoch:  # the papers' best-over-epochs test numbers
+            record["test"] = evaluate(student, task, splits["test"], info=info, device=device,
+                                      batch_size=train_cfg.eval_batch_size, amp=train_cfg.amp,
+                                      split="test", workers=train_cfg.loader_workers,
+                                      channels_last=channels_last).metrics
         history.append(record)
         hooks.log(f"epoch {epoch + 1}/{train_cfg.epochs} loss {train_metrics['loss']:.4f} "
                   f"val {primary.name} {value:.4f}")
@@ -321,6 +330,10 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeach
         hooks.report({"epoch": epoch + 1, f"val_{primary.name}": value,
                       "train_loss": train_metrics["loss"], **{f"val_{k}": v for k, v in
                                                               val.metrics.items()}}, state)
+
+    if not test:  # a search trial: validation only
+        return _outcome(spec, task, info, device, student, loss_fn, history, best, t_setup, train_seconds,
+                        train_samples, t_start, test_metrics={}, diagnostics_test=None, teacher_metrics=None)
 
     # test: last weights, then the validation-selected ones
     eval_kwargs = {"info": info, "device": device, "batch_size": train_cfg.eval_batch_size,
@@ -344,18 +357,51 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeach
         load_state_bytes(student, last_state)
 
     teacher_metrics = teacher_runtime.metrics(info) if teacher_runtime is not None else None
+    test_metrics = {"test": test_best.metrics, "test_last": test_last.metrics, **extra_metrics}
+    over_epochs = best_over_epochs(history, task)
+    if over_epochs:
+        test_metrics["test_best_over_epochs"] = over_epochs
+    return _outcome(spec, task, info, device, student, loss_fn, history, best, t_setup, train_seconds,
+                    train_samples, t_start, test_metrics=test_metrics, diagnostics_test=test_best.stats,
+                    teacher_metrics=teacher_metrics, generations=test_best.generations)
+
+
+def best_over_epochs(history: list[dict[str, Any]], task: Task) -> dict[str, float]:
+    """Each test metric's best value over the epochs (in its own direction), as the KD papers
+    report it, and the epoch of the best primary metric; empty when test was not evaluated
+    every epoch (``train.test_every_epoch``)."""
+    if not history or any("test" not in h for h in history):
+        return {}
+    out: dict[str, float] = {}
+    for m in task.metrics:
+        values = [(h["test"].get(m.name), h["epoch"]) for h in history]
+        values = [(v, e) for v, e in values if isinstance(v, (int, float)) and math.isfinite(v)]
+        if not values:
+            continue
+        value, epoch = (max if m.higher_is_better else min)(values, key=lambda p: p[0])
+        out[m.name] = value
+        if m.name == task.primary_metric.name:
+            out["epoch"] = epoch
+    return out
+
+
+def _outcome(spec: RunSpec, task: Task, info: DistInfo, device: torch.device, student: nn.Module,
+             loss_fn: DistillationLoss, history: list[dict[str, Any]], best: dict[str, Any], t_setup: float,
+             train_seconds: float, train_samples: int, t_start: float, *, test_metrics: dict[str, Any],
+             diagnostics_test: dict[str, float] | None, teacher_metrics: dict[str, Any] | None,
+             generations: list[dict[str, Any]] | None = None) -> Outcome:
+    primary = task.primary_metric
     return Outcome(
         metrics={
-            "test": test_best.metrics,
-            "test_last": test_last.metrics,
+            **test_metrics,
             "val": history[best["epoch"]]["val"] if best["epoch"] is not None else {},
             "val_last": history[-1]["val"] if history else {},
-            **extra_metrics,
         },
         primary_metric={"name": primary.name, "higher_is_better": primary.higher_is_better},
         metric_directions={m.name: m.higher_is_better for m in task.metrics},
         selected_epoch=(best["epoch"] + 1) if best["epoch"] is not None else None,
-        diagnostics={"test": test_best.stats, "val": history[-1]["val_stats"] if history else {},
+        diagnostics={**({"test": diagnostics_test} if diagnostics_test is not None else {}),
+                     "val": history[-1]["val_stats"] if history else {},
                      "train": history[-1]["train_stats"] if history else {}},
         teacher=teacher_metrics,
         history=history,
@@ -367,7 +413,7 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeach
         student_params=sum(p.numel() for p in student.parameters()),
         loss_hparams=loss_fn.hparams(),
         best_state=best["state"],
-        generations=test_best.generations,
+        generations=list(generations or []),
     )
 
 

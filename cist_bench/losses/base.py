@@ -16,8 +16,14 @@ takes logits of shape ``(..., C)`` and targets ``(...)`` (``-100`` = ignore this
   teacher and student temperatures it used and of the normalised teacher soft-label entropy
   ``H(p_t)/log C``, plus method-specific ones (e.g. CIST's weights).
 
-``progress`` ∈ [0, 1] is the fraction of training done. Warm-ups and curricula are functions of
-it, never of an epoch count, so a method behaves the same under any schedule length.
+``progress`` ∈ [0, 1] is the fraction of training done (per step). Warm-ups and curricula are
+functions of a fraction, never of an epoch count, so a method behaves the same under any
+schedule length. The reference implementations of DKD, DTKD and CTKD advance them once per
+**1-based epoch** (``min(epoch / warmup_epochs, 1)``: 1/20 of the weight in the first epoch of
+240, full weight from epoch 20): a trainer passes ``epoch_progress`` = (1-based epoch) / epochs
+as well, and a loss whose ``ramp`` hyperparameter is ``"epoch"`` (their default) ramps on it;
+``ramp: step`` ramps on ``progress`` per step. Without ``epoch_progress`` (a direct call) both
+rules use ``progress``.
 """
 
 from __future__ import annotations
@@ -117,6 +123,16 @@ def standardize_logits(z: Tensor, eps: float = 1e-7) -> Tensor:
     return (z - z.mean(-1, keepdim=True)) / (eps + z.std(-1, keepdim=True))
 
 
+def check_ramp(value: str) -> str:
+    if value not in RAMPS:
+        raise ConfigError(f"ramp must be one of {list(RAMPS)}, got {value!r}", field="ramp")
+    return value
+
+
+#: how a warm-up or curriculum advances: once per 1-based epoch (the reference code) or per step
+RAMPS = ("epoch", "step")
+
+
 def linear_warmup(progress: float, warmup: float) -> float:
     """``min(progress / warmup, 1)``; ``warmup == 0`` means no warm-up."""
     return 1.0 if warmup <= 0 else min(progress / warmup, 1.0)
@@ -136,6 +152,8 @@ class DistillationLoss(nn.Module):
     needs_teacher: ClassVar[bool] = True
     #: True for losses that cannot work without class targets (DKD's target/non-target split).
     needs_target: ClassVar[bool] = False
+    #: what a warm-up or curriculum advances on: "epoch" (``epoch_progress``) or "step"
+    ramp: str = "step"
 
     def __init__(self, *, ce_weight: float) -> None:
         super().__init__()
@@ -155,9 +173,13 @@ class DistillationLoss(nn.Module):
         return dict(getattr(self, "_hparams", {}))
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor | None = None,
-                target: Tensor | None = None, progress: float = 0.0) -> dict[str, Tensor]:
-        if not (-1e-6 <= float(progress) <= 1.0 + 1e-6):
-            raise ValueError(f"progress must be in [0, 1], got {progress!r}")
+                target: Tensor | None = None, progress: float = 0.0,
+                epoch_progress: float | None = None) -> dict[str, Tensor]:
+        for name, value in (("progress", progress), ("epoch_progress", epoch_progress)):
+            if value is not None and not (-1e-6 <= float(value) <= 1.0 + 1e-6):
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        if self.ramp == "epoch" and epoch_progress is not None:
+            progress = epoch_progress
         progress = min(max(float(progress), 0.0), 1.0)
         num_classes = student_logits.shape[-1]
         s = student_logits.reshape(-1, num_classes)

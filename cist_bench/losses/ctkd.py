@@ -14,12 +14,17 @@ parametrisation  T = t_min + (t_max − t_min) · σ(GRL_λ(θ)),  θ an ``nn.Pa
 
 Defaults follow the reference scripts for CIFAR-100: T ∈ [1, 21], θ₀ = 1 (T₀ ≈ 15.6),
 the curriculum over the first 10 of 240 epochs (10/240 of training), ce 0.1, kd 0.9.
+``ramp: epoch`` (the default) evaluates λ once per 1-based epoch, as the reference trainer does
+(zhengli97/CTKD train_student.py: ``for epoch in range(1, epochs + 1)`` … ``CosineDecay.get_value
+(epoch)``, which clamps at the curriculum's end): λ = ½(1 − cos(π/10)) ≈ 0.024 in epoch 1, the
+full λ from epoch 10; ``ramp: step`` evaluates it per step.
 θ is a parameter of this module: the optimiser must include ``loss_fn.parameters()``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +36,7 @@ from cist_bench.losses.base import (
     Stats,
     check_nonnegative,
     check_positive,
+    check_ramp,
     check_range,
     temperature_stats,
 )
@@ -65,8 +71,9 @@ class CTKD(DistillationLoss):
     def __init__(self, *, t_min: float = 1.0, t_max: float = 21.0,
                  init_temperature: float | None = None, lambda_max: float = 1.0,
                  curriculum: float = 10 / 240, ce_weight: float = 0.1,
-                 kd_weight: float = 0.9) -> None:
+                 kd_weight: float = 0.9, ramp: Literal["epoch", "step"] = "epoch") -> None:
         super().__init__(ce_weight=ce_weight)
+        self.ramp = check_ramp(ramp)
         check_positive("t_min", t_min)
         check_positive("t_max", t_max)
         if not t_min < t_max:

@@ -10,10 +10,15 @@ and b = [p_y, 1 − p_y] the binary (target vs rest) distribution,
 The reference implementation pushes the target logit down by 1000 to get p̂; here the target
 class is masked exactly (−inf), which gives the same value without the magic constant.
 ``warmup`` is a fraction of training (the paper's 20 of 240 epochs → 20/240), so the ramp is the
-same under any schedule length. ``logit_standardize=True`` applies Sun et al. (CVPR 2024) first.
+same under any schedule length. ``ramp: epoch`` (the default) steps it once per 1-based epoch as
+the reference code does (mdistiller/distillers/DKD.py: ``min(epoch / warmup, 1)``, the trainer
+counting epochs from 1): 1/20 of the weight through the first of 240 epochs, full weight from
+epoch 20; ``ramp: step`` ramps per step instead. ``logit_standardize=True`` applies Sun et al. (CVPR 2024) first.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +30,7 @@ from cist_bench.losses.base import (
     Stats,
     check_nonnegative,
     check_positive,
+    check_ramp,
     check_range,
     kl_rows,
     linear_warmup,
@@ -58,8 +64,10 @@ class DKD(DistillationLoss):
 
     def __init__(self, *, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
                  warmup: float = 20 / 240, ce_weight: float = 1.0,
-                 logit_standardize: bool = False) -> None:
+                 logit_standardize: bool = False,
+                 ramp: Literal["epoch", "step"] = "epoch") -> None:
         super().__init__(ce_weight=ce_weight)
+        self.ramp = check_ramp(ramp)
         check_nonnegative("alpha", alpha)
         check_nonnegative("beta", beta)
         check_positive("temperature", temperature)
@@ -74,8 +82,10 @@ class DKD(DistillationLoss):
             s, t = standardize_logits(s), standardize_logits(t)
         tckd, nckd, log_p_t = dkd_parts(s, t, y, self.temperature)
         per_row = self.temperature**2 * (self.alpha * tckd + self.beta * nckd)
-        kd = linear_warmup(progress, self.warmup) * per_row.mean()
+        factor = linear_warmup(progress, self.warmup)
+        kd = factor * per_row.mean()
         stats = temperature_stats(self.temperature, self.temperature, log_p_t, s.shape[0], s.device)
+        stats["stats/warmup"] = torch.tensor(factor, device=s.device)
         stats["stats/tckd"] = tckd.detach().mean()
         stats["stats/nckd"] = nckd.detach().mean()
         return kd, stats

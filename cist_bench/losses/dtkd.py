@@ -16,6 +16,9 @@ Defaults follow the reference CIFAR-100 configuration: T = 4, alpha = 3, beta = 
 
 from __future__ import annotations
 
+from typing import Literal
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -25,6 +28,7 @@ from cist_bench.losses.base import (
     Stats,
     check_nonnegative,
     check_positive,
+    check_ramp,
     check_range,
     kl_rows,
     linear_warmup,
@@ -44,8 +48,10 @@ def dynamic_temperatures(s: Tensor, t: Tensor, temperature: float) -> tuple[Tens
 @register_loss("dtkd")
 class DTKD(DistillationLoss):
     def __init__(self, *, temperature: float = 4.0, alpha: float = 3.0, beta: float = 1.0,
-                 warmup: float = 20 / 240, ce_weight: float = 1.0) -> None:
+                 warmup: float = 20 / 240, ce_weight: float = 1.0,
+                 ramp: Literal["epoch", "step"] = "epoch") -> None:
         super().__init__(ce_weight=ce_weight)
+        self.ramp = check_ramp(ramp)
         check_positive("temperature", temperature)
         check_nonnegative("alpha", alpha)
         check_nonnegative("beta", beta)
@@ -60,6 +66,8 @@ class DTKD(DistillationLoss):
         dynamic = kl_rows(log_p_t, F.log_softmax(s / tau_s, -1)) * (tau_t * tau_s).squeeze(-1)
         vanilla, _ = kd_divergence(s, t, self.temperature)
         per_row = self.alpha * dynamic + self.beta * vanilla
-        kd = linear_warmup(progress, self.warmup) * per_row.mean()
+        factor = linear_warmup(progress, self.warmup)
+        kd = factor * per_row.mean()
         stats = temperature_stats(tau_t, tau_s, log_p_t, s.shape[0], s.device)
+        stats["stats/warmup"] = torch.tensor(factor, device=s.device)
         return kd, stats

@@ -28,6 +28,7 @@ from cist_bench.report.tables import (
     extra_test_table,
     failed_table,
     generations_table,
+    hyperparameter_table,
     leaderboard,
     overhead_table,
     paired_table,
@@ -93,6 +94,16 @@ def _task_section(view: TaskView, failed: int, figures: list[tuple[str, str]] | 
         numeric.append(nums.assign(checkpoint="selected" if value == "test" else "last"))
         out += [f"### Leaderboard: {heading}", "", paragraph(f"Test {s.metric} {what}.", caption), "",
                 md_table(table, left=1), ""]
+    if view.runs["test_best_over_epochs"].notna().any():
+        table, nums = leaderboard(view, "test_best_over_epochs")
+        numeric.append(nums.assign(checkpoint="best_over_epochs"))
+        out += ["### Best test score over epochs (as the KD papers report it)", "", paragraph(
+            f"The best test {s.metric} of any epoch (the runs evaluated test after every epoch: "
+            "`train.test_every_epoch`). This is how the KD literature's tables are made "
+            "(e.g. mdistiller's `best_acc`), so these numbers can be set beside published ones; "
+            "it picks the epoch **on test**, which is not a valid model-selection protocol and "
+            "flatters every method alike: the validation-selected leaderboard above stays the "
+            "headline.", caption), "", md_table(table, left=1), ""]
     comparisons = view.comparisons()
     out += [f"### `{PROPOSED}` against each baseline, paired by seed", ""]
     if comparisons:
@@ -177,6 +188,23 @@ def _summary(views: list[TaskView], comparisons: list[Comparison], roles: Report
     return "\n".join(out)
 
 
+def _hyperparameters(frame: pd.DataFrame) -> str:
+    budgets, table = hyperparameter_table(frame)
+    out = ["## Hyperparameters", "", paragraph(
+        "Where every method's loss hyperparameters came from. *tuned*: the best point of an "
+        "equal-budget search on the **validation** split (the trials trained with their own seed; "
+        "the runs above use fresh seeds and are the only ones evaluated on test); *fixed*: set by "
+        "the suite (a method's published setting, or the loss's defaults); *unrecorded*: a record "
+        "written before records said (schema version < 4). *Values*: the tuned values, or the "
+        "settings that differ from the loss's defaults; *Winner's val*: the winning trial's "
+        "validation score (the epoch it selected).")]
+    if budgets:
+        out += ["", "Search budget per task — the same for every method of the task:", ""]
+        out += [f"- `{name}`: {text}" for name, text in budgets]
+    out += ["", md_table(table, left=5), ""]
+    return "\n".join(out)
+
+
 def _search(frame: pd.DataFrame) -> str:
     table = search_table(frame)
     return "\n".join(["## Search", "", paragraph(
@@ -254,6 +282,8 @@ def render(frame: pd.DataFrame, *, stem: str, title: str | None = None,
         comparisons += comps
         numeric.append(long)
     parts.append(_summary(views, comparisons, roles))
+    if not counted.empty:
+        parts.append(_hyperparameters(counted))
     if frame["is_search"].any():
         parts.append(_search(frame))
     parts.append(_provenance(frame))

@@ -197,6 +197,7 @@ def _row(record: RunRecord, metric: str | None, hib: bool) -> dict[str, Any]:
         "seed": record.seed, "status": record.status, "error": record.error,
         "metric": metric, "higher_is_better": hib,
         "test": score("test"), "test_last": score("test_last"), "val": score("val"), "val_last": score("val_last"),
+        "test_best_over_epochs": score("test_best_over_epochs"),
         "selected_epoch": record.selected_epoch,
         "teacher_id": teacher.get("id"),
         "teacher_test": _number((teacher.get("test") or {}).get(metric)) if metric else math.nan,
@@ -221,7 +222,8 @@ def _row(record: RunRecord, metric: str | None, hib: bool) -> dict[str, Any]:
 
 
 COLUMNS = ("run_id, suite, task, pair, teacher, student, method, loss, seed, status, error, metric, "
-           "higher_is_better, test, test_last, val, val_last, selected_epoch, teacher_id, teacher_test, "
+           "higher_is_better, test, test_last, val, val_last, test_best_over_epochs, selected_epoch, "
+           "teacher_id, teacher_test, "
            + ", ".join(DIAGNOSTICS) + ", wall_seconds, train_seconds, samples_per_second, num_workers, "
            "use_gpu, cpu_hours, gpu_hours, git_commit, started, finished, is_search, record").split(", ")
 

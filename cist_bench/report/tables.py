@@ -270,6 +270,62 @@ def search_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def describe_budget(budget: Mapping[str, Any] | None) -> str:
+    """A search budget in words (``num_samples``, ``max_epochs``, scheduler, algorithm)."""
+    if not budget:
+        return MISSING
+    sched = budget.get("scheduler") or {}
+    if sched.get("name") == "asha":
+        sched_text = (f"ASHA over epochs (grace period {sched.get('grace_period')}, reduction factor "
+                      f"{sig(float(sched.get('reduction_factor', 0)))})")
+    else:
+        sched_text = "FIFO (no early stopping)"
+    return (f"{budget.get('num_samples')} trials per (task, pair, method), at most {budget.get('max_epochs')} "
+            f"epochs each, {sched_text}, {budget.get('algorithm')} search")
+
+
+def _non_default(loss: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    from cist_bench.losses import loss_params
+
+    try:
+        defaults = {k: p.default for k, p in loss_params(loss).items()}
+    except Exception:  # a loss this cist_bench does not know: show everything
+        defaults = {}
+    return {k: v for k, v in sorted(hparams.items()) if k not in defaults or defaults[k] != v}
+
+
+def _values(values: Mapping[str, Any]) -> str:
+    if not values:
+        return "defaults"
+    return ", ".join(f"{k}={sig(v) if isinstance(v, float) else v}" for k, v in values.items())
+
+
+def hyperparameter_table(runs: pd.DataFrame) -> tuple[list[tuple[str, str]], pd.DataFrame]:
+    """Per (task, pair, method) of the counted runs: where the loss hyperparameters came from
+    (each record's ``hparams_source``), the values, and the winning trial's validation score;
+    and the search budget of each (search, task) in words (one budget per task: every method of
+    the task got it)."""
+    rows = []
+    budgets: dict[str, str] = {}  # "<search>` on `<task>" → the budget in words
+    for (task, pair, method), r in runs.groupby(["task", "pair", "method"], sort=True):
+        sources = [rec.hparams_source for rec in r["record"]]
+        kinds = sorted({s.kind if s is not None else "unrecorded" for s in sources})
+        tuned = [s for s in sources if s is not None and s.kind == "tuned"]
+        rec = r["record"].iloc[0]
+        if tuned:
+            first = tuned[0]
+            budgets[f"{first.search or first.search_id}` on `{task}"] = describe_budget(first.budget)
+            values = _values(dict(sorted(first.hparams.items())))
+            val = f"{first.metric} {sig(first.val, 4)}" if first.val is not None else MISSING
+            where = f"`{first.search}` trial {first.trial_index}"
+        else:
+            values = _values(_non_default(str(rec.loss), rec.spec.loss.hparams))
+            val, where = MISSING, MISSING
+        rows.append({"Task": str(task), "Pair": str(pair), "Method": str(method), "Source": "/".join(kinds),
+                     "Values": values, "Search": where, "Winner's val": val, "Runs": str(len(r))})
+    return sorted(budgets.items()), pd.DataFrame(rows)
+
+
 # ------------------------------------------------------------------------------- provenance
 
 

@@ -2,6 +2,7 @@
 
 from cist_bench.results.record import (
     SCHEMA_VERSION,
+    HparamsSource,
     Provenance,
     RecordError,
     RecordVersionError,
@@ -13,5 +14,17 @@ from cist_bench.results.record import (
 )
 from cist_bench.results.store import ResultStore, read_jsonl
 
-__all__ = ["SCHEMA_VERSION", "Provenance", "RecordError", "RecordVersionError", "ReportRoles", "ResultStore",
-           "RunRecord", "SearchInfo", "make_record", "read_jsonl", "read_record"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "HparamsSource",
+    "Provenance",
+    "RecordError",
+    "RecordVersionError",
+    "ReportRoles",
+    "ResultStore",
+    "RunRecord",
+    "SearchInfo",
+    "make_record",
+    "read_jsonl",
+    "read_record",
+]

@@ -8,7 +8,8 @@ of the suite, and the provenance of the code (git commit, library versions, hard
 
 :func:`read_record` is the only way records are read: it checks ``schema_version``, upgrades
 older versions it knows (version 1 kept ``git_commit``, ``versions`` and ``hardware`` at the
-top level; version 2 had no ``generations``), and refuses newer ones with a message that says what to do.
+top level; version 2 had no ``generations``, versions 2-3 no ``hparams_source``), and refuses newer
+ones with a message that says what to do.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from pydantic.dataclasses import dataclass
 
 from cist_bench.spec import SPEC_CONFIG, RunSpec, adapter, render_loc, to_dict
 
-SCHEMA_VERSION = 3
-#: versions :func:`read_record` can upgrade from (3 added ``generations``; 2 reads as it is)
-READABLE_VERSIONS = (1, 2, 3)
+SCHEMA_VERSION = 4
+#: versions :func:`read_record` can upgrade from (3 added ``generations``, 4 ``hparams_source``;
+#: 2 and 3 read as they are, the newer fields empty)
+READABLE_VERSIONS = (1, 2, 3, 4)
 PACKAGES = ("cist_bench", "torch", "torchvision", "ray", "timm", "numpy", "pandas", "transformers",
             "rouge-score")
 
@@ -96,6 +98,30 @@ class SearchInfo:
 
 
 @dataclass(frozen=True, config=_CONFIG)
+class HparamsSource:
+    """Where a run's loss hyperparameters came from.
+
+    ``fixed``: the suite states them (a method's published setting or the loss's defaults);
+    ``tuned``: the best point of an equal-budget search on the validation split — the search,
+    its budget (the same for every method it compared) and the trial that won;
+    ``search_trial``: the run *is* a trial of a search (its point; see ``search``)."""
+
+    kind: Literal["fixed", "tuned", "search_trial"]
+    search: str | None = None
+    search_id: str | None = None
+    budget: dict[str, Any] | None = None
+    #: the winning trial: its index, run id, validation score and the metric it was judged on
+    trial_index: int | None = None
+    trial_run_id: str | None = None
+    val: float | None = None
+    metric: str | None = None
+    #: the hyperparameters the search set (the rest are fixed by the suite)
+    hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: the best-hyperparameters file they were read from
+    file: str | None = None
+
+
+@dataclass(frozen=True, config=_CONFIG)
 class RunRecord:
     run_id: str
     status: Literal["ok", "failed"]
@@ -132,6 +158,8 @@ class RunRecord:
     search: SearchInfo | None = None
     #: the first generated test answers of the selected weights (tasks scored on generations)
     generations: list[Generation] = dataclasses.field(default_factory=list)
+    #: where the loss hyperparameters came from (None: a record older than schema version 4)
+    hparams_source: HparamsSource | None = None
 
     @property
     def ok(self) -> bool:
@@ -172,7 +200,7 @@ def read_record(data: Any, source: str = "record") -> RunRecord:
              "Re-run the suite to write it again, or read it with the cist_bench that wrote it."))
     if version == 1:
         data = _upgrade_v1(data)
-    data = {**data, "schema_version": SCHEMA_VERSION}  # 2 → 3 only added an optional field
+    data = {**data, "schema_version": SCHEMA_VERSION}  # 2 → 3 → 4 only added optional fields
     try:
         return adapter(RunRecord).validate_python(data)
     except ValidationError as exc:
@@ -231,10 +259,16 @@ def make_record(spec: RunSpec, *, status: Literal["ok", "failed"], outcome: Any 
                 error: str | None = None, suite: str | None = None, started: str | None = None,
                 wall_seconds: float | None = None, executor: str | None = None, attempts: int = 1,
                 roles: ReportRoles | dict[str, str] | None = None,
-                search: SearchInfo | None = None) -> RunRecord:
+                search: SearchInfo | None = None,
+                hparams_source: HparamsSource | dict[str, Any] | None = None) -> RunRecord:
     """The record of ``spec``. ``outcome`` is the engine's :class:`~cist_bench.engine.Outcome`
     (or ``None`` for a run that failed before it produced one)."""
     o = outcome
+    if isinstance(hparams_source, dict):
+        hparams_source = HparamsSource(**hparams_source)
+    if hparams_source is None:
+        hparams_source = HparamsSource("search_trial", search.name, search.id, search.budget) \
+            if search is not None else HparamsSource("fixed")
     return RunRecord(
         run_id=spec.run_id, status=status, spec=spec, suite=suite, error=error,
         task=spec.task.name, pair=spec.pair_name, teacher=spec.teacher.model.name if spec.teacher else None,
@@ -255,4 +289,5 @@ def make_record(spec: RunSpec, *, status: Literal["ok", "failed"], outcome: Any 
         provenance=Provenance(git_commit(), library_versions(), hardware()),
         roles=ReportRoles(**roles) if isinstance(roles, dict) else roles, search=search,
         generations=[Generation(**{k: g.get(k) for k in ("prompt", "prediction", "reference", "rougeL")})
-                     for g in (getattr(o, "generations", None) or [])])
+                     for g in (getattr(o, "generations", None) or [])],
+        hparams_source=hparams_source)

@@ -19,6 +19,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import ray
 
@@ -61,8 +62,12 @@ def run_campaign(runs: list[RunSpec], output: str | Path, *, suite: str = "campa
                  executor: str = "auto", max_failures: int = 1, num_cpus: int | None = None,
                  storage: str | None = None, keep_ray: bool = False,
                  roles: dict[str, str] | None = None,
-                 progress_interval: float = PROGRESS_INTERVAL_S) -> CampaignResult:
+                 progress_interval: float = PROGRESS_INTERVAL_S,
+                 sources: dict[str, dict[str, Any]] | None = None) -> CampaignResult:
     """Run every run not yet recorded ok; return counts. Ray starts (or is joined) here.
+
+    ``sources``: run id → where its loss hyperparameters came from (``HparamsSource`` as data,
+    e.g. a search's winner); runs not in it are ``fixed``.
 
     Raises ``ValueError`` (before Ray starts) when a run's resources do not fit its executor.
     """
@@ -80,7 +85,9 @@ def run_campaign(runs: list[RunSpec], output: str | Path, *, suite: str = "campa
         return result
     # runs that need no teacher first; the rest in suite order (their teachers may still train)
     pending.sort(key=needs_teacher)
-    units = [Unit(r, resolve_executor(r.resources, executor)) for r in pending]
+    sources = sources or {}
+    units = [Unit(r, resolve_executor(r.resources, executor), hparams_source=sources.get(r.run_id))
+             for r in pending]
     ctx = Context(output=str(output), cache_root=str(output / "teachers_cache"),
                   storage=storage or str(output / "ray" / "train"), suite=suite,
                   max_failures=max_failures, roles=roles or dataclasses.asdict(ReportRoles()))
@@ -92,7 +99,8 @@ def run_campaign(runs: list[RunSpec], output: str | Path, *, suite: str = "campa
             ctx, name=f"{suite}-{time.strftime('%Y%m%d-%H%M%S')}", storage=output / "ray" / "tune",
             param_space=grid(units), resources=unit_resources(cluster),
             concurrency=default_concurrency(units, cluster, max_concurrent),
-            callbacks=[Progress(str(output), suite, len(units), interval=progress_interval)])
+            callbacks=[Progress(str(output), suite, len(units), interval=progress_interval)],
+            reuse_actors=True)  # no process start and torch import per run (≈3 s each on 2 cores)
         errors = grid_errors(experiment.fit(), planned_unit)
         finish_teachers(jobs)
         reconcile(units, ctx, errors)

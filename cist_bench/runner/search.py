@@ -59,6 +59,7 @@ from cist_bench.runner.experiment import (
     finish_teachers,
     grid,
     grid_errors,
+    planned_unit,
     reconcile,
     start_teachers,
     tuner,
@@ -148,6 +149,63 @@ class ResumableASHA(ASHAScheduler):
                 recorded[trial.trial_id] = self._metric_op * value
 
 
+class GroupedScheduler(FIFOScheduler):
+    """Several groups in one Tune experiment, each judged only against its own trials: every
+    trial event goes to its group's scheduler (an ASHA per group, or FIFO), and trials start in
+    the experiment's order (FIFO). One experiment for many groups keeps every worker busy:
+    no start-up and no tail of idle workers per group, and the actors are reused throughout."""
+
+    _supports_buffered_results = False  # as ASHA: decide on every epoch's result
+
+    def __init__(self, schedulers: dict[str, Any], metric: str, mode: str) -> None:
+        super().__init__()
+        self.schedulers = schedulers
+        self._metric, self._mode = metric, mode
+
+    def _of(self, trial: Any) -> Any:
+        unit = trial.config.get(UNIT_KEY) or {}
+        return self.schedulers[(unit.get("search_group") or {})["group"]]
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        for scheduler in self.schedulers.values():
+            scheduler.set_search_properties(metric or self._metric, mode or self._mode, **spec)
+        return True
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self._of(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        self._of(trial).on_trial_error(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        return self._of(trial).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
+        self._of(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        self._of(trial).on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return "; ".join(f"{k}: {s.debug_string()}" for k, s in self.schedulers.items())
+
+
+def experiments_of(plan: SearchPlan) -> list[tuple[str, list[Group]]]:
+    """The Tune experiments of a search: one per objective (the groups sharing a validation
+    metric and direction run together, each with its own scheduler), in plan order; with
+    Optuna, one per group (a searcher models one method's space)."""
+    if plan.algorithm == "optuna":
+        return [(g.key, [g]) for g in plan.groups]
+    batches: dict[tuple[str, str], list[Group]] = {}
+    for g in plan.groups:
+        batches.setdefault((g.metric, g.mode), []).append(g)
+    out = []
+    for (metric, _), groups in batches.items():
+        tasks = "+".join(dict.fromkeys(g.task for g in groups))
+        out.append((groups[0].key if len(groups) == 1 else f"{tasks}.{metric}", groups))
+    return out
+
+
 def tune_domain(dim: Dim) -> Any:
     """The ``ray.tune`` domain of a distribution (for model-based searchers such as Optuna)."""
     if dim.kind == "uniform":
@@ -166,14 +224,47 @@ def search_context(plan: SearchPlan, group: Group, output: Path, *, max_failures
     return Context(
         output=str(output), cache_root=str(cache_root), storage=storage, suite=plan.name,
         max_failures=max_failures, roles=roles or dataclasses.asdict(ReportRoles()), metric=group.metric,
-        max_epochs=plan.max_epochs,
-        search={"name": plan.name, "id": plan.id, "group": group.key, "budget": plan.budget(),
+        max_epochs=group.max_epochs,
+        search={"name": plan.name, "id": plan.id, "group": group.key, "budget": plan.budget(group),
                 "objective": {"split": "val", "metric": group.primary, "mode": group.mode}},
         proposals={"base": to_dict(group.base), "loss": group.loss, "fixed": group.fixed, "executor": executor})
 
 
-def group_units(group: Group, executor: str) -> list[Unit]:
-    return [Unit(t.spec, executor, t.index, t.config, t.hparams) for t in group.trials]
+def group_units(group: Group, executor: str, plan: SearchPlan | None = None) -> list[Unit]:
+    """The planned trials of ``group``; with ``plan``, tagged with their group (for an experiment
+    shared by several groups)."""
+    tag = {"group": group.key, "budget": plan.budget(group), "max_epochs": group.max_epochs} \
+        if plan is not None else None
+    return [Unit(t.spec, executor, t.index, t.config, t.hparams, search_group=tag) for t in group.trials]
+
+
+def _asha(plan: SearchPlan, group: Group, units: list[Unit], output: Path) -> Any:
+    return ResumableASHA(
+        output=str(output), search_id=plan.id, primary=group.primary,
+        run_ids={str(u.trial_index): u.run_id for u in units}, time_attr="epoch", max_t=group.max_epochs,
+        grace_period=plan.scheduler.grace_period, reduction_factor=plan.scheduler.reduction_factor)
+
+
+def _shared_tuner(plan: SearchPlan, name: str, groups: list[Group], ctx: Context, units: dict[str, list[Unit]],
+                  cluster: dict[str, Any], *, resume: bool, concurrency: int, output: Path,
+                  progress_interval: float) -> tune.Tuner:
+    """One experiment for several groups of planned trials (random or grid search)."""
+    if plan.scheduler.name == "fifo":
+        schedulers: dict[str, Any] = {g.key: FIFOScheduler() for g in groups}
+    else:
+        schedulers = {g.key: _asha(plan, g, units[g.key], output) for g in groups}
+    scheduler = GroupedScheduler(schedulers, groups[0].metric, groups[0].mode)
+    storage = output / "tune"
+    path = storage / name
+    if path.exists() and not (resume and tune.Tuner.can_restore(str(path))):
+        shutil.rmtree(path)  # an experiment that never saved its state: start it again
+    every = [u for g in groups for u in units[g.key]]
+    label = ", ".join(dict.fromkeys(g.task for g in groups))
+    return tuner(ctx, name=name, storage=storage, param_space=grid(every), resources=unit_resources(cluster),
+                 concurrency=concurrency, metric=groups[0].metric, mode=groups[0].mode, scheduler=scheduler,
+                 num_samples=1, restore=resume, reuse_actors=True,
+                 callbacks=[Progress(str(output), f"search {label}", len(every), groups[0].metric,
+                                     interval=progress_interval)])
 
 
 def _group_tuner(plan: SearchPlan, group: Group, ctx: Context, units: list[Unit], cluster: dict[str, Any],
@@ -184,7 +275,7 @@ def _group_tuner(plan: SearchPlan, group: Group, ctx: Context, units: list[Unit]
     else:
         scheduler = ResumableASHA(
             output=str(output), search_id=plan.id, primary=group.primary,
-            run_ids={str(u.trial_index): u.run_id for u in units}, time_attr="epoch", max_t=plan.max_epochs,
+            run_ids={str(u.trial_index): u.run_id for u in units}, time_attr="epoch", max_t=group.max_epochs,
             grace_period=plan.scheduler.grace_period, reduction_factor=plan.scheduler.reduction_factor)
     executor = ctx.proposals["executor"]
     resources = unit_resources(cluster)
@@ -265,24 +356,37 @@ def run_search(plan: SearchPlan, output: str | Path, *, executor: str = "auto", 
                                storage=storage, executor=executors[plan.groups[0].key], roles=roles)
         jobs = start_teachers([g.base for g in plan.groups],
                               {g.base.run_id: executors[g.key] for g in plan.groups}, first, cluster)
-        for group in plan.groups:
+        for name, groups in experiments_of(plan):
+            group = groups[0]
             ctx = search_context(plan, group, output, max_failures=max_failures, cache_root=cache_root,
                                  storage=storage, executor=executors[group.key], roles=roles)
-            units = group_units(group, executors[group.key])
             concurrency = default_concurrency([Unit(group.base, executors[group.key])], cluster,
                                               max_concurrent or plan.max_concurrent)
-            print(f"{group.describe()}: {plan.num_samples} trials, objective {group.metric} ({group.mode}), "
-                  f"{concurrency} at once", file=sys.stderr, flush=True)
-            result_grid = _group_tuner(plan, group, ctx, units, cluster, resume=resume,
-                                       concurrency=concurrency, output=output,
-                                       progress_interval=progress_interval).fit()
-            unit_of = _unit_of_result(group, executors[group.key])
-            errors = grid_errors(result_grid, unit_of)
-            proposed = [u for u in (unit_of(result_grid[i]) for i in range(len(result_grid))) if u]
-            reconcile(units or proposed, ctx, errors)
-            if result_grid.num_terminated == len(result_grid):  # the group is over: no trial will resume
-                for record in group_records(store, plan.id, group.key):
-                    shutil.rmtree(checkpoint_dir(ctx, record.run_id), ignore_errors=True)
+            for g in groups:
+                print(f"{g.describe()}: {plan.num_samples} trials, objective {g.metric} ({g.mode})",
+                      file=sys.stderr, flush=True)
+            print(f"{len(groups)} group(s) in one experiment, {concurrency} trials at once", file=sys.stderr,
+                  flush=True)
+            if plan.algorithm == "optuna":
+                units = group_units(group, executors[group.key])
+                result_grid = _group_tuner(plan, group, ctx, units, cluster, resume=resume,
+                                           concurrency=concurrency, output=output,
+                                           progress_interval=progress_interval).fit()
+                unit_of = _unit_of_result(group, executors[group.key])
+                errors = grid_errors(result_grid, unit_of)
+                units = [u for u in (unit_of(result_grid[i]) for i in range(len(result_grid))) if u]
+            else:
+                by_group = {g.key: group_units(g, executors[g.key], plan) for g in groups}
+                result_grid = _shared_tuner(plan, name, groups, ctx, by_group, cluster, resume=resume,
+                                            concurrency=concurrency, output=output,
+                                            progress_interval=progress_interval).fit()
+                errors = grid_errors(result_grid, planned_unit)
+                units = [u for g in groups for u in by_group[g.key]]
+            reconcile(units, ctx, errors)
+            if result_grid.num_terminated == len(result_grid):  # these groups are over: no trial will resume
+                for g in groups:
+                    for record in group_records(store, plan.id, g.key):
+                        shutil.rmtree(checkpoint_dir(ctx, record.run_id), ignore_errors=True)
         finish_teachers(jobs)
     finally:
         if started_here and not keep_ray:
@@ -316,7 +420,7 @@ def summarise(plan: SearchPlan, output: str | Path, *, suite_file: str | None = 
             "run_id": best.run_id, "epochs_run": s.epochs_run, "full_budget": full,
             "trials": len(records), "completed": sum(r.ok and not r.search.early_stopped for r in records),
             "early_stopped": sum(r.ok and r.search.early_stopped for r in records),
-            "failed": sum(not r.ok for r in records), "loss": group.loss,
+            "failed": sum(not r.ok for r in records), "loss": group.loss, "budget": plan.budget(group),
         })
     header = {"name": plan.name, "id": plan.id, "suite_file": suite_file,
               "objective": "the task's primary metric on the validation split (never test)",

@@ -48,7 +48,8 @@ def trial_name(trial: Any) -> str:
     unit = trial.config.get(UNIT_KEY)
     if isinstance(unit, dict) and unit.get("trial_index") is None:
         return Unit.from_config(unit).run_id  # a campaign's run: its run id
-    return f"t{trial_index_of(trial):03d}"
+    group = (unit.get("search_group") or {}).get("group") if isinstance(unit, dict) else None
+    return f"{group}.t{trial_index_of(trial):03d}" if group else f"t{trial_index_of(trial):03d}"
 
 
 def unit_of(config: dict[str, Any], ctx: Context) -> Unit:
@@ -68,7 +69,8 @@ def _report_end(ctx: Context, unit: Unit | None, **extra: Any) -> None:
     if ctx.metric is None:
         return
     tags = {"run_id": unit.run_id, "trial_index": unit.trial_index} if unit is not None else {}
-    tune.report({"epoch": ctx.max_epochs, ctx.metric: math.nan, **tags, **extra})
+    epochs = (unit.search_group or {}).get("max_epochs", ctx.max_epochs) if unit is not None else ctx.max_epochs
+    tune.report({"epoch": epochs, ctx.metric: math.nan, **tags, **extra})
 
 
 def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:

@@ -79,6 +79,12 @@ class Unit:
     #: the point of the search space as drawn (e.g. with ``tau_span``) and the hparams it sets
     point: dict[str, Any] | None = None
     hparams: dict[str, Any] | None = None
+    #: where a campaign run's loss hyperparameters came from (``HparamsSource`` as data);
+    #: None: fixed by the suite (a search trial's source is the search itself)
+    hparams_source: dict[str, Any] | None = None
+    #: a search trial in an experiment shared by several groups: ``{group, budget, max_epochs}``
+    #: of its own group (they override the context's)
+    search_group: dict[str, Any] | None = None
 
     @property
     def run_id(self) -> str:
@@ -91,12 +97,13 @@ class Unit:
 
     def to_config(self) -> dict[str, Any]:
         return {"spec": to_dict(self.spec), "executor": self.executor, "trial_index": self.trial_index,
-                "point": self.point, "hparams": self.hparams}
+                "point": self.point, "hparams": self.hparams, "hparams_source": self.hparams_source,
+                "search_group": self.search_group}
 
     @classmethod
     def from_config(cls, data: dict[str, Any]) -> Unit:
         return cls(from_dict(RunSpec, data["spec"]), data["executor"], data.get("trial_index"),
-                   data.get("point"), data.get("hparams"))
+                   data.get("point"), data.get("hparams"), data.get("hparams_source"), data.get("search_group"))
 
 
 class Transport(Protocol):
@@ -136,7 +143,8 @@ def is_final(record: RunRecord | None, ctx: Context) -> bool:
 def search_info(unit: Unit, ctx: Context, *, early_stopped: bool, epochs_run: int) -> SearchInfo | None:
     if ctx.search is None:
         return None
-    return SearchInfo(**ctx.search, trial_index=unit.trial_index if unit.trial_index is not None else 0,
+    own = {k: unit.search_group[k] for k in ("group", "budget")} if unit.search_group else {}
+    return SearchInfo(**{**ctx.search, **own}, trial_index=unit.trial_index if unit.trial_index is not None else 0,
                       config=dict(unit.point or {}), hparams=dict(unit.hparams or {}),
                       early_stopped=early_stopped, epochs_run=epochs_run)
 
@@ -149,7 +157,8 @@ def write_record(unit: Unit, ctx: Context, status: str, *, outcome: Outcome | No
         unit.spec, status=status, outcome=outcome, error=error, suite=ctx.suite, started=started,
         wall_seconds=time.perf_counter() - t0 if t0 is not None else None, executor=executor or unit.executor,
         attempts=attempts, roles=ctx.roles,
-        search=search_info(unit, ctx, early_stopped=early_stopped, epochs_run=epochs_run))
+        search=search_info(unit, ctx, early_stopped=early_stopped, epochs_run=epochs_run),
+        hparams_source=unit.hparams_source)
     ResultStore(ctx.output).write(record)
     return record
 
@@ -251,7 +260,9 @@ def execute(unit: Unit, ctx: Context, transport: Transport, *, attempt: int, exe
     try:
         teacher = ensure_teacher(spec.teacher, spec.task, cache_root=cache_root) \
             if needs_teacher(spec) else None
-        outcome = train_run(spec, hooks, teacher=teacher, cache_root=cache_root, task=task)
+        # a search trial never sees the test split: it is judged on validation alone
+        outcome = train_run(spec, hooks, teacher=teacher, cache_root=cache_root, task=task,
+                            test=ctx.search is None)
     except (RunFailedError, TeacherError) as err:  # deterministic: record it, do not retry
         return finish(record("failed", error=str(err)[-4000:], epochs_run=hooks.epochs))
     except Exception as err:  # a crash: restart (from the checkpoint) while attempts remain
