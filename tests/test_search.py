@@ -221,9 +221,19 @@ def test_hparams_from_sets_the_tuned_values(tmp_path) -> None:
     assert hp[("kd", 1)] == resolve_hparams("kd", {"temperature": 2.5, "kd_weight": 1.5}) == hp[("kd", 2)]
     assert hp[("cist", 2)] == resolve_hparams("cist", {"tau_min": 1.5, "tau_max": 7.0, "ratio": 2.0})
     assert hp[("ce", 1)] == resolve_hparams("ce", {})
-    # an override still wins over a tuned value
-    runs = load_suite(path, ["tasks.digits.pairs[0].hparams.kd.temperature=3.0"]).runs()
+    # where they came from, for the records: tuned (from the file's search) or fixed
+    suite = load_suite(path)
+    sources = suite.hparams_sources()
+    method = {r.run_id: r.loss.method for r in suite.runs()}
+    assert sorted(method[i] for i in sources) == ["cist", "cist", "kd", "kd"]  # not ce
+    kd = next(v for i, v in sources.items() if method[i] == "kd")
+    assert kd["kind"] == "tuned" and kd["search"] == "x" and kd["val"] == 0.9
+    assert kd["hparams"] == {"temperature": 2.5, "kd_weight": 1.5}
+    # an override still wins over a tuned value, and that run's values are then fixed
+    overridden = load_suite(path, ["tasks.digits.pairs[0].hparams.kd.temperature=3.0"])
+    runs = overridden.runs()
     assert {r.loss.hparams["temperature"] for r in runs if r.loss.method == "kd"} == {3.0}
+    assert {r.loss.method for r in runs if r.run_id in overridden.hparams_sources()} == {"cist"}
     # a file that tunes nothing this suite runs is an error naming hparams_from
     other = {"best": {"cifar100": {"a→b": {"kd": {"hparams": {"temperature": 2.0}}}}}}
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other, allow_unicode=True))
