@@ -237,6 +237,13 @@ class TensorImageDataset(Dataset):
 
     ``__getitems__`` lets the DataLoader fetch a whole batch with a few tensor ops instead of
     one Python call per image, which keeps loading off the critical path of a small CNN.
+
+    **Views.** The augmentation draws from a finite set of :meth:`view_count` views — crop
+    offsets (2·pad + 1)² × flip 2 (162 for CIFAR's pad 4) — numbered
+    ``v = (oy · (2·pad + 1) + ox) · flips + flipped``. :meth:`getitems_with_views` draws exactly
+    what :meth:`__getitems__` draws (the same random numbers, in the same order) and also returns
+    each image's view; :meth:`view_batch` renders given images in one given view. A teacher's
+    logits can thus be computed once per (image, view) and looked up at train time.
     """
 
     def __init__(
@@ -275,38 +282,98 @@ class TensorImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def _batch(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def view_count(self) -> int:
+        """How many distinct views the augmentation draws from (1 without augmentation)."""
+        if not self.augment:
+            return 1
+        return (2 * self.pad + 1) ** 2 * (2 if self.flip else 1)
+
+    def _batch(self, positions: torch.Tensor, *, views: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         src = self._index_t[positions]
         x = self.images[src]
+        view = None
         if self.augment:
-            x = self._random_crop_flip(x)
+            oy, ox, flipped = self._draw_views(x.shape[0])
+            x = self._crop_flip(x, oy, ox, flipped)
+            if views:
+                view = self._view_ids(oy, ox, flipped)
         x = x.to(torch.float32) * self._a + self._b
-        return x, self.labels[src]
+        return x, self.labels[src], view
 
-    def _random_crop_flip(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
+    def _draw_views(self, b: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Crop offsets and flips of ``b`` images, from torch's global RNG (always the same draws
+        in the same order, whether or not the views are returned)."""
+        oy = ox = flipped = None
         if self.pad > 0:
-            padded = F.pad(x, (self.pad, self.pad, self.pad, self.pad))
             oy = torch.randint(0, 2 * self.pad + 1, (b,))
             ox = torch.randint(0, 2 * self.pad + 1, (b,))
+        if self.flip:
+            flipped = torch.rand(b) < 0.5
+        return oy, ox, flipped
+
+    def _crop_flip(self, x: torch.Tensor, oy: torch.Tensor | None, ox: torch.Tensor | None,
+                   flipped: torch.Tensor | None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        if oy is not None and ox is not None:
+            padded = F.pad(x, (self.pad, self.pad, self.pad, self.pad))
             rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
             cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
             x = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None],
                        rows, cols]
-        if self.flip:
-            mask = (torch.rand(b) < 0.5)[:, None, None, None]
-            x = torch.where(mask, x.flip(-1), x)
+        if flipped is not None:
+            x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
         return x
+
+    def _view_ids(self, oy: torch.Tensor | None, ox: torch.Tensor | None,
+                  flipped: torch.Tensor | None) -> torch.Tensor:
+        side = 2 * self.pad + 1
+        crop = oy * side + ox if oy is not None and ox is not None else torch.zeros((), dtype=torch.int64)
+        if flipped is None:
+            return crop.to(torch.int64)
+        return (crop * 2 + flipped.to(torch.int64)).to(torch.int64)
+
+    def view_params(self, view: int) -> tuple[int, int, bool]:
+        """(crop offset y, crop offset x, flipped) of view number ``view``."""
+        if not 0 <= view < self.view_count():
+            raise ValueError(f"view {view} outside [0, {self.view_count()})")
+        flips = 2 if self.flip else 1
+        crop, flipped = divmod(view, flips)
+        side = 2 * self.pad + 1
+        oy, ox = divmod(crop, side) if self.pad > 0 else (0, 0)
+        return oy, ox, bool(flipped)
+
+    def view_batch(self, positions: Sequence[int] | torch.Tensor, view: int) -> torch.Tensor:
+        """The images at ``positions`` rendered in view ``view``, normalised (no RNG used)."""
+        positions = torch.as_tensor(positions, dtype=torch.int64)
+        x = self.images[self._index_t[positions]]
+        if self.augment:
+            oy, ox, flipped = self.view_params(view)
+            b = x.shape[0]
+            x = self._crop_flip(x, torch.full((b,), oy) if self.pad > 0 else None,
+                                torch.full((b,), ox) if self.pad > 0 else None,
+                                torch.full((b,), flipped) if self.flip else None)
+        return x.to(torch.float32) * self._a + self._b
+
+    def _random_crop_flip(self, x: torch.Tensor) -> torch.Tensor:
+        return self._crop_flip(x, *self._draw_views(x.shape[0]))
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         if not -len(self) <= i < len(self):
             raise IndexError(i)
-        x, y = self._batch(torch.tensor([i % len(self)]))
+        x, y, _ = self._batch(torch.tensor([i % len(self)]))
         return x[0], int(y[0])
 
     def __getitems__(self, positions: list[int]) -> list[tuple[torch.Tensor, int]]:
-        x, y = self._batch(torch.as_tensor(positions, dtype=torch.int64))
+        x, y, _ = self._batch(torch.as_tensor(positions, dtype=torch.int64))
         return list(zip(x.unbind(0), y.tolist(), strict=True))
+
+    def getitems_with_views(self, positions: list[int]) -> list[tuple[torch.Tensor, int, int]]:
+        """As :meth:`__getitems__` (the same draws), with each image's view number."""
+        x, y, view = self._batch(torch.as_tensor(positions, dtype=torch.int64), views=True)
+        if view is None:
+            view = torch.zeros(len(positions), dtype=torch.int64)
+        return list(zip(x.unbind(0), y.tolist(), view.tolist(), strict=True))
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(source={self.source!r}, n={len(self)}, "

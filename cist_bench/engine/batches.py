@@ -54,29 +54,41 @@ def amp_context(amp: str, device: torch.device):
 
 
 class IndexedDataset(Dataset):
-    """Yields ``(x, y, index)`` so cached teacher outputs can be looked up per sample."""
+    """Yields ``(x, y, index)`` so cached teacher outputs can be looked up per sample.
 
-    def __init__(self, base: Dataset) -> None:
+    ``views=True`` (a dataset with ``getitems_with_views``): the index is ``i · V + v`` for
+    image ``i`` drawn in view ``v`` of its ``V`` augmentation views, the row of the per-view
+    teacher cache."""
+
+    def __init__(self, base: Dataset, views: bool = False) -> None:
         self.base = base
+        self.views = views
+        self.view_count = base.view_count() if views else 1  # type: ignore[attr-defined]
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> tuple[Any, Any, int]:
+        if self.views:
+            return self.__getitems__([i])[0]
         x, y = self.base[i]
         return x, y, i
 
     def __getitems__(self, indices: list[int]) -> list[tuple[Any, Any, int]]:
+        if self.views:
+            items = self.base.getitems_with_views(indices)  # type: ignore[attr-defined]
+            return [(x, y, i * self.view_count + v) for (x, y, v), i in zip(items, indices, strict=True)]
         getitems = getattr(self.base, "__getitems__", None)
         items = getitems(indices) if getitems else [self.base[i] for i in indices]
         return [(x, y, i) for (x, y), i in zip(items, indices, strict=True)]
 
 
 def make_loader(dataset: Dataset, batch_size: int, sampler: ShardSampler, workers: int,
-                device: torch.device, *, private_rng: bool = False) -> DataLoader:
+                device: torch.device, *, private_rng: bool = False, views: bool = False) -> DataLoader:
     """``private_rng``: draw the loader's seed from its own generator, so that evaluation (or
-    a cache being filled on first use) never shifts the training stream of random numbers."""
-    return DataLoader(IndexedDataset(dataset), batch_size=batch_size, sampler=sampler,
+    a cache being filled on first use) never shifts the training stream of random numbers.
+    ``views``: indices address the per-view teacher cache (:class:`IndexedDataset`)."""
+    return DataLoader(IndexedDataset(dataset, views=views), batch_size=batch_size, sampler=sampler,
                       num_workers=workers, pin_memory=device.type == "cuda",
                       persistent_workers=workers > 0,
                       generator=torch.Generator().manual_seed(0) if private_rng else None)

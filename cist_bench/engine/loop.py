@@ -237,7 +237,8 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeach
         hooks.log(f"resumed at epoch {start_epoch} of {train_cfg.epochs}")
 
     sampler = ShardSampler(len(train_set), info, shuffle=True, seed=spec.seed)
-    loader = make_loader(train_set, train_cfg.batch_size, sampler, train_cfg.loader_workers, device)
+    loader = make_loader(train_set, train_cfg.batch_size, sampler, train_cfg.loader_workers, device,
+                         views=teacher_runtime is not None and teacher_runtime.view_cache)
     train_seconds = sum(h["train_seconds"] for h in history)
     train_samples = sum(h["train_samples"] for h in history)
 

@@ -180,8 +180,32 @@ def densify_topk(values: torch.Tensor, indices: torch.Tensor, lse: torch.Tensor,
     return dense.scatter_(-1, indices.long(), values)
 
 
+@torch.no_grad()
+def per_view_logits(model: nn.Module, dataset: Any, *, device: torch.device, amp: str = "off",
+                    batch_size: int = 512, dtype: torch.dtype = torch.float32,
+                    channels_last: bool = False) -> torch.Tensor:
+    """The logits of ``model`` for every image of ``dataset`` in every one of its augmentation
+    views (``dataset.view_count()``, ``dataset.view_batch``): row ``i · V + v`` holds image
+    ``i`` in view ``v``, the index :class:`~cist_bench.engine.batches.IndexedDataset` yields
+    with ``views=True``. Computed once per teacher: V forwards per image."""
+    n, views = len(dataset), dataset.view_count()
+    out: torch.Tensor | None = None
+    for start in range(0, n, batch_size):
+        positions = torch.arange(start, min(start + batch_size, n))
+        for v in range(views):
+            x = to_device(dataset.view_batch(positions, v), device, channels_last)
+            with amp_context(amp, device):
+                logits = model(x).float()
+            if out is None:
+                out = torch.empty(n * views, logits.shape[-1], dtype=dtype)
+            out[positions * views + v] = logits.to(dtype).cpu()
+    assert out is not None, "an empty dataset has no views"
+    return out
+
+
 class TeacherRuntime:
-    """Teacher logits for the engine: computed live, or from the per-split output cache."""
+    """Teacher logits for the engine: computed live, or from the per-split output cache (per
+    (image, view) for the training split of an augmented tensor task with ``cache_views``)."""
 
     def __init__(self, loaded: LoadedTeacher, task: Task, spec: TeacherSpec, run_task: TaskSpec, *,
                  device: torch.device, amp: str = "off", cache_root: Path | None = None,
@@ -200,13 +224,29 @@ class TeacherRuntime:
         self.cache_root = cache_root
         self.enabled = spec.cache_outputs
         self.topk = spec.output_topk
+        self.dtype = getattr(torch, spec.cache_dtype)
         self._outputs: dict[str, Any] = {}
         augment = bool(task.options.get("augment", False))
-        self.cached_splits = {"val", "test"} | (set() if augment else {"train"})
+        #: the training split is cached per (image, view): the loader must yield view indices
+        self.view_cache = False
+        if self.enabled and augment and spec.cache_views:
+            train = task.splits()["train"]
+            self.view_cache = callable(getattr(train, "view_count", None)) and train.view_count() > 1
+            if not self.view_cache:
+                logger.warning("cache_views: the training split of %s has no finite views; the teacher "
+                               "runs online", run_task.name)
+            elif self._k():
+                raise TeacherError("cache_views keeps dense logits; not for a top-k output cache")
+        self.cached_splits = {"val", "test"} | ({"train"} if not augment or self.view_cache else set())
 
     def _key(self, split: str) -> str:
-        return spec_id({"teacher": self.loaded.id, "task": to_dict(self.run_task),
-                        "split": split, "topk": self._k()})
+        key: dict[str, Any] = {"teacher": self.loaded.id, "task": to_dict(self.run_task), "split": split,
+                               "topk": self._k()}
+        if split == "train" and self.view_cache:
+            key["views"] = self.task.splits()["train"].view_count()
+        if self.dtype != torch.float32:
+            key["dtype"] = str(self.dtype)
+        return spec_id(key)
 
     def _k(self) -> int | None:
         if self.topk is not None:
@@ -219,6 +259,13 @@ class TeacherRuntime:
         if path.is_file():
             return torch.load(path, map_location="cpu", weights_only=True)
         dataset = self.task.splits()[split]
+        if split == "train" and self.view_cache:
+            out = per_view_logits(self.frozen, dataset, device=self.device, amp=self.amp, dtype=self.dtype,
+                                  channels_last=self.channels_last)
+            buf = io.BytesIO()
+            torch.save(out, buf)
+            atomic_write_bytes(path, buf.getvalue())
+            return out
         loader = torch.utils.data.DataLoader(dataset, batch_size=512, shuffle=False,
                                              generator=torch.Generator().manual_seed(0))
         k = self._k()
@@ -230,7 +277,7 @@ class TeacherRuntime:
         if k:
             out: Any = {key: torch.cat([c[key] for c in chunks]).cpu() for key in chunks[0]}
         else:
-            out = torch.cat(chunks).cpu()
+            out = torch.cat(chunks).cpu().to(self.dtype)
         buf = io.BytesIO()
         torch.save(out, buf)
         atomic_write_bytes(path, buf.getvalue())

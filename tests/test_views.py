@@ -1,0 +1,130 @@
+"""The teacher once per view: augmentation views, the per-view teacher cache, and the engine
+using it (issue "Packs": CIFAR's crop × flip draws from 162 views per image)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cist_bench.data.base import TensorImageDataset
+from cist_bench.engine import MemoryHooks, train_run
+from cist_bench.engine.batches import IndexedDataset, make_loader
+from cist_bench.engine.distributed import DistInfo, ShardSampler
+from cist_bench.engine.teacher import per_view_logits
+from cist_bench.spec import LossSpec, ModelSpec, RunSpec, TaskSpec, TeacherSpec, TrainSpec, to_dict
+
+
+def _dataset(n: int = 6, pad: int = 2, flip: bool = True, size: int = 8) -> TensorImageDataset:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % 3
+    return TensorImageDataset(images, labels, np.arange(n), source="train", mean=(0.5, 0.4, 0.3),
+                              std=(0.2, 0.25, 0.3), augment=True, pad=pad, flip=flip)
+
+
+def _manual_view(ds: TensorImageDataset, i: int, oy: int, ox: int, flipped: bool) -> torch.Tensor:
+    """torchvision's RandomCrop(size, padding=pad) at offset (oy, ox), then the flip, by hand."""
+    img = ds.images[i:i + 1]
+    padded = F.pad(img, (ds.pad,) * 4)
+    h, w = img.shape[-2:]
+    crop = padded[..., oy:oy + h, ox:ox + w]
+    if flipped:
+        crop = crop.flip(-1)
+    return (crop.to(torch.float32) * ds._a + ds._b)[0]
+
+
+def test_every_view_is_a_crop_offset_and_flip() -> None:
+    ds = _dataset()
+    assert ds.view_count() == 5 * 5 * 2
+    assert _dataset(pad=4, flip=True, size=32).view_count() == 162  # CIFAR's 9 × 9 × 2
+    seen = set()
+    for v in range(ds.view_count()):
+        oy, ox, flipped = ds.view_params(v)
+        seen.add((oy, ox, flipped))
+        batch = ds.view_batch(torch.arange(len(ds)), v)
+        for i in range(len(ds)):
+            assert torch.equal(batch[i], _manual_view(ds, i, oy, ox, flipped))
+    assert len(seen) == ds.view_count()
+    with pytest.raises(ValueError, match="outside"):
+        ds.view_params(ds.view_count())
+
+
+def test_views_are_the_draws_of_the_augmentation() -> None:
+    """getitems_with_views draws what __getitems__ draws (same RNG stream) and names the view."""
+    ds = _dataset()
+    torch.manual_seed(3)
+    plain = ds.__getitems__(list(range(len(ds))))
+    torch.manual_seed(3)
+    viewed = ds.getitems_with_views(list(range(len(ds))))
+    for i, ((x, y), (xv, yv, v)) in enumerate(zip(plain, viewed, strict=True)):
+        assert torch.equal(x, xv) and y == yv
+        assert torch.equal(xv, ds.view_batch([i], v)[0])
+    # through the loader: indices address the per-view cache rows (image · V + view)
+    loader = make_loader(ds, 4, ShardSampler(len(ds), DistInfo(), shuffle=True, seed=0), 0,
+                         torch.device("cpu"), views=True)
+    for x, _, flat in loader:
+        for row, index in zip(x, flat.tolist(), strict=True):
+            i, v = divmod(index, ds.view_count())
+            assert torch.equal(row, ds.view_batch([i], v)[0])
+    assert not IndexedDataset(ds).views
+
+
+def test_per_view_cache_returns_the_online_teacher_logits_for_every_view() -> None:
+    ds = _dataset(n=5)
+    teacher = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 7)).eval()
+    cache = per_view_logits(teacher, ds, device=torch.device("cpu"), batch_size=5)
+    views = ds.view_count()
+    assert cache.shape == (len(ds) * views, 7) and cache.dtype == torch.float32
+    with torch.no_grad():
+        for v in range(views):  # fp32, the same batch: exactly the online logits
+            online = teacher(ds.view_batch(torch.arange(len(ds)), v))
+            assert torch.equal(cache[torch.arange(len(ds)) * views + v], online)
+        # a training batch of random views: the rows the loader's indices point at
+        torch.manual_seed(0)
+        items = ds.getitems_with_views(list(range(len(ds))))
+        x = torch.stack([it[0] for it in items])
+        rows = torch.tensor([i * views + it[2] for i, it in enumerate(items)])
+        assert torch.allclose(cache[rows], teacher(x), rtol=0, atol=1e-6)
+    half = per_view_logits(teacher, ds, device=torch.device("cpu"), dtype=torch.float16)
+    assert half.dtype == torch.float16 and torch.allclose(half.float(), cache, atol=1e-2, rtol=1e-2)
+
+
+def _cifar_run(root: Path, *, cache_views: bool, seed: int = 0) -> RunSpec:
+    options = {"data_root": str(root), "download": False, "val_size": 10, "augment": True}
+    teacher = TeacherSpec(model=ModelSpec("tiny_cnn"), train=TrainSpec(epochs=1, batch_size=16), seed=0,
+                          cache_views=cache_views)
+    return RunSpec(task=TaskSpec("cifar10", options), student=ModelSpec("tiny_cnn"), teacher=teacher,
+                   loss=LossSpec("kd", {"temperature": 4.0}), train=TrainSpec(epochs=2, batch_size=16),
+                   seed=seed)
+
+
+def test_engine_trains_on_the_per_view_cache(tmp_path, monkeypatch) -> None:
+    from cist_bench.runner.teachers import ensure_teacher
+    from tests.test_data import write_cifar
+
+    write_cifar(tmp_path / "data", monkeypatch)
+    root = tmp_path / "data"
+    online, viewed = _cifar_run(root, cache_views=False), _cifar_run(root, cache_views=True)
+    assert online.run_id != viewed.run_id
+    # a field added after ids existed: at its default it is left out of the spec's data (and id)
+    assert "cache_views" not in json.dumps(to_dict(online)) and "cache_views" in json.dumps(to_dict(viewed))
+    cache = tmp_path / "cache"
+    results = {}
+    for run in (online, viewed):
+        teacher = ensure_teacher(run.teacher, run.task, cache_root=cache)
+        results[run.teacher.cache_views] = train_run(run, MemoryHooks(), teacher=teacher, cache_root=cache)
+    files = sorted((cache / "teacher_outputs").glob("*.pt"))
+    sizes = sorted(torch.load(f, weights_only=True).shape[0] for f in files)
+    n_train = 60 - 10  # the fixture's 60 training images, 10 carved for validation
+    assert n_train * 162 in sizes  # the training split, once per (image, view)
+    # the same augmentation draws and (to float precision) the same teacher logits: the same run
+    a, b = results[False], results[True]
+    assert [h["train"]["loss"] for h in a.history] == pytest.approx([h["train"]["loss"] for h in b.history],
+                                                                     rel=1e-4)
+    assert a.metrics["test"]["accuracy"] == b.metrics["test"]["accuracy"]
