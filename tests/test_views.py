@@ -128,3 +128,40 @@ def test_engine_trains_on_the_per_view_cache(tmp_path, monkeypatch) -> None:
     assert [h["train"]["loss"] for h in a.history] == pytest.approx([h["train"]["loss"] for h in b.history],
                                                                      rel=1e-4)
     assert a.metrics["test"]["accuracy"] == b.metrics["test"]["accuracy"]
+
+
+def test_runs_that_start_together_compute_a_teacher_cache_once(tmp_path, monkeypatch) -> None:
+    """The cache file is computed under a file lock: concurrent runtimes wait and load it."""
+    import threading
+    import time
+
+    from cist_bench.data import create_task
+    from cist_bench.engine import teacher as teacher_module
+    from cist_bench.engine.teacher import TeacherRuntime
+    from cist_bench.runner.teachers import ensure_teacher
+    from tests.test_data import write_cifar
+
+    write_cifar(tmp_path / "data", monkeypatch)
+    run = _cifar_run(tmp_path / "data", cache_views=True)
+    cache = tmp_path / "cache"
+    loaded = ensure_teacher(run.teacher, run.task, cache_root=cache)
+    task = create_task(run.task.name, **run.task.options)
+    calls: list[int] = []
+    real = teacher_module.per_view_logits
+
+    def counting(*args, **kwargs):  # slow enough that the second runtime arrives meanwhile
+        calls.append(1)
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_module, "per_view_logits", counting)
+    runtimes = [TeacherRuntime(loaded, task, run.teacher, run.task, device=torch.device("cpu"),
+                               cache_root=cache) for _ in range(2)]
+    assert all(r.view_cache and r.uses_cache("train") for r in runtimes)
+    threads = [threading.Thread(target=r.outputs, args=("train",)) for r in runtimes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert torch.equal(runtimes[0].outputs("train"), runtimes[1].outputs("train"))

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from cist_bench.data import create_task
-from cist_bench.data.base import Task, atomic_write_bytes, cache_dir
+from cist_bench.data.base import Task, atomic_write_bytes, cache_dir, file_lock
 from cist_bench.engine.batches import IndexedDataset, amp_context, build_model, to_device
 from cist_bench.engine.distributed import DistInfo, ShardSampler
 from cist_bench.engine.generation import evaluate_generations
@@ -258,6 +258,15 @@ class TeacherRuntime:
         path = folder / f"{self._key(split)}.pt"
         if path.is_file():
             return torch.load(path, map_location="cpu", weights_only=True)
+        # one process computes it, the others of the same teacher and split wait and load it
+        # (a per-view cache is V forwards per image: runs of a pair that start together must
+        # not each pay for it)
+        with file_lock(path.with_suffix(".lock")):
+            if path.is_file():
+                return torch.load(path, map_location="cpu", weights_only=True)
+            return self._compute_split_locked(split, path)
+
+    def _compute_split_locked(self, split: str, path: Path) -> Any:
         dataset = self.task.splits()[split]
         if split == "train" and self.view_cache:
             out = per_view_logits(self.frozen, dataset, device=self.device, amp=self.amp, dtype=self.dtype,

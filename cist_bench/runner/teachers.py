@@ -14,15 +14,14 @@ This module is plain Python (no Ray): a GPU check or a test drives the engine wi
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cist_bench.data import create_task
-from cist_bench.data.base import atomic_write_bytes
+from cist_bench.data.base import atomic_write_bytes, file_lock
 from cist_bench.engine import train_run
 from cist_bench.engine.teacher import (
     WEIGHTS_FILE,
@@ -42,18 +41,6 @@ from cist_bench.spec import RunSpec, TaskSpec, TeacherSpec
 logger = logging.getLogger(__name__)
 
 FAILURE_FILE = "failed.txt"
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (POSIX ``flock``) held for the ``with`` block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def lock_is_held(path: Path) -> bool:
