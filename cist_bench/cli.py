@@ -128,7 +128,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             max_concurrent=args.max_concurrent or suite.max_concurrent,
             executor=args.executor or suite.executor, max_failures=args.max_failures,
             num_cpus=args.num_cpus, storage=args.storage, roles=_roles(suite),
-            progress_interval=args.progress_interval, sources=sources, keep_ray=tuned)
+            progress_interval=args.progress_interval, sources=sources, keep_ray=tuned,
+            pack=args.pack or suite.pack, pack_size=args.pack_size or suite.pack_size)
     except ValueError as err:  # resources an executor cannot give, records of another schema
         print(f"error: {suite.path}: {err}", file=sys.stderr)  # version: nothing was started
         return EXIT_BAD_INPUT
@@ -339,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a suite's campaign on Ray and write its report")
     suite_args(run)
     ray_args(run, "results")
+    run.add_argument("--pack", choices=["auto", "off", "sequential"], default=None,
+                     help="runs of one task, teacher, student and recipe shape in one trial, one after "
+                          "another (sequential); auto: that for single-worker CPU runs; off: one trial per "
+                          "run (default: the suite's `pack`, off unless it says otherwise)")
+    run.add_argument("--pack-size", type=int, default=None, help="the most runs in one pack (default 8)")
     run.add_argument("--report", default=None, help="report path (default reports/<suite>.md)")
     run.add_argument("--no-report", action="store_true", help="do not write the report")
     run.set_defaults(func=_cmd_run)

@@ -69,6 +69,8 @@ class Suite:
     seeds: tuple[int, ...]
     max_concurrent: int | None
     executor: str
+    pack: str = "off"
+    pack_size: int = 8
     roles: ReportRoles = field(default_factory=ReportRoles)
     #: the merged mapping after includes and overrides (as validated)
     config: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -455,7 +457,8 @@ class _Builder:
             if self.verify_data:
                 sizes[key] = check_data(task, render_loc(loc), self.origins.lookup(loc, self.path))
         out = Suite(name=suite.name, path=self.path, description=suite.description, seeds=tuple(suite.seeds),
-                    max_concurrent=suite.max_concurrent, executor=suite.executor, roles=suite.report,
+                    max_concurrent=suite.max_concurrent, executor=suite.executor, pack=suite.pack,
+                    pack_size=suite.pack_size, roles=suite.report,
                     config=self.data, _runs=tuple(runs), _train_sizes=sizes)
         if suite.search is not None:
             from cist_bench.config.search import build_search

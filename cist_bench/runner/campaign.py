@@ -42,7 +42,7 @@ from cist_bench.runner.experiment import (
 )
 from cist_bench.runner.teachers import needs_teacher
 from cist_bench.runner.unit import Context, Unit
-from cist_bench.spec import RunSpec
+from cist_bench.spec import RunSpec, canonical_json, to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -57,17 +57,67 @@ class CampaignResult:
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
+#: how a campaign groups runs into trials (``fused``, many runs in one forward/backward, is to come)
+PACK_MODES = ("auto", "off", "sequential")
+
+
+def pack_key(unit: Unit) -> str:
+    """What the runs of a pack share: task, teacher, student, the recipe's shape (epochs, batch
+    size, optimiser family), resources and executor. They may differ in loss, hyperparameters
+    (learning rate and weight decay included) and seed."""
+    s = unit.spec
+    return canonical_json({"task": to_dict(s.task), "teacher": to_dict(s.teacher) if s.teacher else None,
+                           "student": to_dict(s.student), "epochs": s.train.epochs,
+                           "batch_size": s.train.batch_size, "optimizer": s.train.optimizer.name,
+                           "resources": to_dict(s.resources), "executor": unit.executor})
+
+
+def make_packs(units: list[Unit], mode: str = "auto", size: int = 8) -> list[Unit]:
+    """Group ``units`` into packs of at most ``size`` runs that share :func:`pack_key`, in the
+    order of their first run. ``sequential``: every unit may be packed; ``auto``: the runs that
+    execute in the trial process (executor ``local``: single-worker CPU runs); ``off``: none. A
+    group of one stays a plain unit."""
+    if mode not in PACK_MODES:
+        raise ValueError(f"pack: {mode!r} is not one of {list(PACK_MODES)}")
+    if mode == "off" or size <= 1:
+        return list(units)
+    groups: dict[str, list[Unit]] = {}
+    out: list[Unit | str] = []
+    for unit in units:
+        if mode == "auto" and unit.executor != "local":
+            out.append(unit)
+            continue
+        key = pack_key(unit)
+        if key not in groups:
+            groups[key] = []
+            out.append(key)
+        groups[key].append(unit)
+    packs: list[Unit] = []
+    for item in out:
+        if isinstance(item, Unit):
+            packs.append(item)
+            continue
+        members = groups[item]
+        for i in range(0, len(members), size):
+            chunk = members[i:i + size]
+            packs.append(chunk[0] if len(chunk) == 1 else
+                         dataclasses.replace(chunk[0], members=[m.to_config() for m in chunk]))
+    return packs
+
+
 def run_campaign(runs: list[RunSpec], output: str | Path, *, suite: str = "campaign",
                  address: str | None = None, max_concurrent: int | None = None,
                  executor: str = "auto", max_failures: int = 1, num_cpus: int | None = None,
                  storage: str | None = None, keep_ray: bool = False,
                  roles: dict[str, str] | None = None,
                  progress_interval: float = PROGRESS_INTERVAL_S,
-                 sources: dict[str, dict[str, Any]] | None = None) -> CampaignResult:
+                 sources: dict[str, dict[str, Any]] | None = None, pack: str = "off",
+                 pack_size: int = 8) -> CampaignResult:
     """Run every run not yet recorded ok; return counts. Ray starts (or is joined) here.
 
     ``sources``: run id → where its loss hyperparameters came from (``HparamsSource`` as data,
-    e.g. a search's winner); runs not in it are ``fixed``.
+    e.g. a search's winner); runs not in it are ``fixed``. ``pack``/``pack_size``: how runs are
+    grouped into trials (:func:`make_packs`).
 
     Raises ``ValueError`` (before Ray starts) when a run's resources do not fit its executor.
     """
@@ -86,20 +136,21 @@ def run_campaign(runs: list[RunSpec], output: str | Path, *, suite: str = "campa
     # runs that need no teacher first; the rest in suite order (their teachers may still train)
     pending.sort(key=needs_teacher)
     sources = sources or {}
-    units = [Unit(r, resolve_executor(r.resources, executor), hparams_source=sources.get(r.run_id))
-             for r in pending]
+    units = make_packs([Unit(r, resolve_executor(r.resources, executor), hparams_source=sources.get(r.run_id))
+                        for r in pending], pack, pack_size)
     ctx = Context(output=str(output), cache_root=str(output / "teachers_cache"),
                   storage=storage or str(output / "ray" / "train"), suite=suite,
                   max_failures=max_failures, roles=roles or dataclasses.asdict(ReportRoles()))
     started_here = not ray.is_initialized()
     cluster = init_ray(address, num_cpus=num_cpus)
     try:
-        jobs = start_teachers(pending, {u.run_id: u.executor for u in units}, ctx, cluster)
+        jobs = start_teachers(pending, {m.run_id: m.executor for u in units for m in u.member_units()}, ctx,
+                              cluster)
         experiment = tuner(
             ctx, name=f"{suite}-{time.strftime('%Y%m%d-%H%M%S')}", storage=output / "ray" / "tune",
             param_space=grid(units), resources=unit_resources(cluster),
             concurrency=default_concurrency(units, cluster, max_concurrent),
-            callbacks=[Progress(str(output), suite, len(units), interval=progress_interval)],
+            callbacks=[Progress(str(output), suite, len(pending), interval=progress_interval)],
             reuse_actors=True)  # no process start and torch import per run (≈3 s each on 2 cores)
         errors = grid_errors(experiment.fit(), planned_unit)
         finish_teachers(jobs)

@@ -153,6 +153,15 @@ class Progress(tune.Callback):
         self.running.discard(trial.trial_id)
         run_id = (trial.last_result or {}).get("run_id")
         unit = trial.config.get(UNIT_KEY)
+        if isinstance(unit, dict) and unit.get("members"):  # a pack: one line for its runs
+            store = ResultStore(self.output)
+            records = [store.get(m.run_id) for m in Unit.from_config(unit).member_units()]
+            ok = sum(r is not None and r.ok for r in records)
+            self.done["ok"] += ok
+            self.done["failed"] += len(records) - ok
+            print(f"{self._head()} {self._name(trial)}: {ok} ok, {len(records) - ok} failed",
+                  file=sys.stderr, flush=True)
+            return
         if run_id is None and isinstance(unit, dict):
             run_id = Unit.from_config(unit).run_id
         record = ResultStore(self.output).get(run_id) if run_id else None
@@ -245,9 +254,10 @@ def reconcile(units: Sequence[Unit], ctx: Context, errors: dict[str, str] | None
     whose trial errored after a progressive (not final) record gets a failed one too."""
     store = ResultStore(ctx.output)
     errors = errors or {}
-    for unit in units:
+    members = [(m, errors.get(u.run_id)) for u in units for m in u.member_units()]
+    for unit, pack_error in members:
         old = store.get(unit.run_id)
-        error = errors.get(unit.run_id)
+        error = errors.get(unit.run_id) or pack_error
         if old is None:
             reason = "the unit's trial ended without writing a record"
             write_record(unit, ctx, "failed", error=f"{reason}: {error}" if error else reason)

@@ -73,6 +73,28 @@ def _report_end(ctx: Context, unit: Unit | None, **extra: Any) -> None:
     tune.report({"epoch": epochs, ctx.metric: math.nan, **tags, **extra})
 
 
+def run_pack(pack: Unit, ctx: Context) -> None:
+    """A pack's trial: its runs one after another in this process (the data, teachers and
+    teacher outputs their processes share stay loaded). A run already recorded final is skipped
+    (a pack restarted after a crash keeps its finished runs and resumes the one it was in); a
+    run that fails deterministically is recorded failed and the next one starts; a crash
+    restarts the trial while the run's attempts remain."""
+    store = ResultStore(ctx.output)
+    done = 0
+    for unit in pack.member_units():
+        if is_final(store.get(unit.run_id), ctx):
+            done += 1
+            continue
+        attempt = bump_attempts(ctx, unit.run_id)
+        t0 = time.perf_counter()
+        EXECUTORS.get(unit.executor).run(unit, ctx, attempt)
+        record = store.get(unit.run_id)
+        if record is not None and record.attempts == attempt:
+            store.write(record.with_timing(trial_wall_seconds=time.perf_counter() - t0, pack=pack.run_id))
+    if done == len(pack.members or []):
+        tune.report({"epoch": 0, "run_id": pack.run_id, "skipped": True})
+
+
 def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     """The Tune trainable of every experiment (``ctx``: the experiment's :class:`Context`)."""
     context = Context(**ctx)
@@ -81,6 +103,9 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     except (ConfigError, ValueError, TypeError) as err:  # an invalid proposed point is never trained
         logger.error("invalid point %s: %s", config, err)
         _report_end(context, None, failed=True, error=str(err)[:500])
+        return
+    if unit.members:
+        run_pack(unit, context)
         return
     store = ResultStore(context.output)
     old = store.get(unit.run_id)

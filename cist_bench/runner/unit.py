@@ -19,6 +19,7 @@ record (with the test metrics) is on disk.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -85,25 +86,38 @@ class Unit:
     #: a search trial in an experiment shared by several groups: ``{group, budget, max_epochs}``
     #: of its own group (they override the context's)
     search_group: dict[str, Any] | None = None
+    #: a **pack**: the configs of the member units, run one after another in this unit's trial
+    #: (``spec`` is the first member's: the pack's resources); None for a single run
+    members: list[dict[str, Any]] | None = None
 
     @property
     def run_id(self) -> str:
+        if self.members:
+            ids = [from_dict(RunSpec, m["spec"]).run_id for m in self.members]
+            return "pack-" + hashlib.sha256(",".join(ids).encode()).hexdigest()[:12]
         return self.spec.run_id
+
+    def member_units(self) -> list[Unit]:
+        """The runs of a pack, in order (a single run: itself)."""
+        return [Unit.from_config(m) for m in self.members] if self.members else [self]
 
     def describe(self) -> str:
         s = self.spec
+        if self.members:
+            return f"{s.task.name} {s.pair_name} pack of {len(self.members)}"
         trial = f" trial {self.trial_index}" if self.trial_index is not None else f" seed {s.seed}"
         return f"{s.task.name} {s.pair_name} {s.loss.method}{trial}"
 
     def to_config(self) -> dict[str, Any]:
         return {"spec": to_dict(self.spec), "executor": self.executor, "trial_index": self.trial_index,
                 "point": self.point, "hparams": self.hparams, "hparams_source": self.hparams_source,
-                "search_group": self.search_group}
+                "search_group": self.search_group, "members": self.members}
 
     @classmethod
     def from_config(cls, data: dict[str, Any]) -> Unit:
         return cls(from_dict(RunSpec, data["spec"]), data["executor"], data.get("trial_index"),
-                   data.get("point"), data.get("hparams"), data.get("hparams_source"), data.get("search_group"))
+                   data.get("point"), data.get("hparams"), data.get("hparams_source"), data.get("search_group"),
+                   data.get("members"))
 
 
 class Transport(Protocol):
