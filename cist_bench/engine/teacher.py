@@ -261,7 +261,7 @@ class TeacherRuntime:
         # one process computes it, the others of the same teacher and split wait and load it
         # (a per-view cache is V forwards per image: runs of a pair that start together must
         # not each pay for it)
-        with file_lock(path.with_suffix(".lock")):
+        with file_lock((self.cache_root or cache_dir()) / "locks" / "teacher_outputs" / f"{path.stem}.lock"):
             if path.is_file():
                 return torch.load(path, map_location="cpu", weights_only=True)
             return self._compute_split_locked(split, path)
