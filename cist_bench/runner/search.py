@@ -230,11 +230,10 @@ def search_context(plan: SearchPlan, group: Group, output: Path, *, max_failures
         proposals={"base": to_dict(group.base), "loss": group.loss, "fixed": group.fixed, "executor": executor})
 
 
-def group_units(group: Group, executor: str, plan: SearchPlan | None = None) -> list[Unit]:
-    """The planned trials of ``group``; with ``plan``, tagged with their group (for an experiment
-    shared by several groups)."""
-    tag = {"group": group.key, "budget": plan.budget(group), "max_epochs": group.max_epochs} \
-        if plan is not None else None
+def group_units(group: Group, executor: str, plan: SearchPlan) -> list[Unit]:
+    """The planned trials of ``group``, tagged with their group (experiments are shared by the
+    groups of one objective)."""
+    tag = {"group": group.key, "budget": plan.budget(group), "max_epochs": group.max_epochs}
     return [Unit(t.spec, executor, t.index, t.config, t.hparams, search_group=tag) for t in group.trials]
 
 
@@ -255,9 +254,7 @@ def _shared_tuner(plan: SearchPlan, name: str, groups: list[Group], ctx: Context
         schedulers = {g.key: _asha(plan, g, units[g.key], output) for g in groups}
     scheduler = GroupedScheduler(schedulers, groups[0].metric, groups[0].mode)
     storage = output / "tune"
-    path = storage / name
-    if path.exists() and not (resume and tune.Tuner.can_restore(str(path))):
-        shutil.rmtree(path)  # an experiment that never saved its state: start it again
+    _clear_unsaved(storage / name, resume)
     every = [u for g in groups for u in units[g.key]]
     label = ", ".join(dict.fromkeys(g.task for g in groups))
     return tuner(ctx, name=name, storage=storage, param_space=grid(every), resources=unit_resources(cluster),
@@ -267,38 +264,30 @@ def _shared_tuner(plan: SearchPlan, name: str, groups: list[Group], ctx: Context
                                      interval=progress_interval)])
 
 
-def _group_tuner(plan: SearchPlan, group: Group, ctx: Context, units: list[Unit], cluster: dict[str, Any],
-                 *, resume: bool, concurrency: int, output: Path,
-                 progress_interval: float) -> tune.Tuner:
-    if plan.scheduler.name == "fifo":
-        scheduler: Any = FIFOScheduler()
-    else:
-        scheduler = ResumableASHA(
-            output=str(output), search_id=plan.id, primary=group.primary,
-            run_ids={str(u.trial_index): u.run_id for u in units}, time_attr="epoch", max_t=group.max_epochs,
-            grace_period=plan.scheduler.grace_period, reduction_factor=plan.scheduler.reduction_factor)
-    executor = ctx.proposals["executor"]
-    resources = unit_resources(cluster)
-    if plan.algorithm == "optuna":
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
+def _optuna_tuner(plan: SearchPlan, group: Group, ctx: Context, cluster: dict[str, Any], *, resume: bool,
+                  concurrency: int, output: Path, progress_interval: float) -> tune.Tuner:
+    """One group's experiment with Tune's OptunaSearch proposing its points (TPE, seeded)."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
 
-        search_alg: Any = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=plan.seed))
-        param_space: dict[str, Any] = {POINT_KEY: {d.name: tune_domain(d) for d in group.space.dims}}
-        fixed = Unit(group.base, executor).to_config()
-        resources = unit_resources(cluster, fallback=fixed)
-        num_samples = plan.num_samples
-    else:
-        search_alg, param_space, num_samples = None, grid(units), 1
+    scheduler: Any = FIFOScheduler() if plan.scheduler.name == "fifo" else _asha(plan, group, [], output)
+    fixed = Unit(group.base, ctx.proposals["executor"]).to_config()
     storage = output / "tune"
-    path = storage / group.key
-    if path.exists() and not (resume and tune.Tuner.can_restore(str(path))):
-        shutil.rmtree(path)  # an experiment that never saved its state: start it again
-    return tuner(ctx, name=group.key, storage=storage, param_space=param_space, resources=resources,
-                 concurrency=concurrency, metric=group.metric, mode=group.mode, scheduler=scheduler,
-                 search_alg=search_alg, num_samples=num_samples, restore=resume, reuse_actors=True,
+    _clear_unsaved(storage / group.key, resume)
+    return tuner(ctx, name=group.key, storage=storage,
+                 param_space={POINT_KEY: {d.name: tune_domain(d) for d in group.space.dims}},
+                 resources=unit_resources(cluster, fallback=fixed), concurrency=concurrency,
+                 metric=group.metric, mode=group.mode, scheduler=scheduler,
+                 search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=plan.seed)),
+                 num_samples=plan.num_samples, restore=resume, reuse_actors=True,
                  callbacks=[Progress(str(output), group.method, plan.num_samples, group.metric,
                                      interval=progress_interval)])
+
+
+def _clear_unsaved(path: Path, resume: bool) -> None:
+    """An experiment folder that is not resumed (or never saved its state) starts again."""
+    if path.exists() and not (resume and tune.Tuner.can_restore(str(path))):
+        shutil.rmtree(path)
 
 
 def _unit_of_result(group: Group, executor: str):  # type: ignore[no-untyped-def]
@@ -368,10 +357,8 @@ def run_search(plan: SearchPlan, output: str | Path, *, executor: str = "auto", 
             print(f"{len(groups)} group(s) in one experiment, {concurrency} trials at once", file=sys.stderr,
                   flush=True)
             if plan.algorithm == "optuna":
-                units = group_units(group, executors[group.key])
-                result_grid = _group_tuner(plan, group, ctx, units, cluster, resume=resume,
-                                           concurrency=concurrency, output=output,
-                                           progress_interval=progress_interval).fit()
+                result_grid = _optuna_tuner(plan, group, ctx, cluster, resume=resume, concurrency=concurrency,
+                                            output=output, progress_interval=progress_interval).fit()
                 unit_of = _unit_of_result(group, executors[group.key])
                 errors = grid_errors(result_grid, unit_of)
                 units = [u for u in (unit_of(result_grid[i]) for i in range(len(result_grid))) if u]
