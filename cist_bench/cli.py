@@ -340,10 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a suite's campaign on Ray and write its report")
     suite_args(run)
     ray_args(run, "results")
-    run.add_argument("--pack", choices=["auto", "off", "sequential"], default=None,
-                     help="runs of one task, teacher, student and recipe shape in one trial, one after "
-                          "another (sequential); auto: that for single-worker CPU runs; off: one trial per "
-                          "run (default: the suite's `pack`, off unless it says otherwise)")
+    run.add_argument("--pack", choices=["auto", "off", "sequential", "fused"], default=None,
+                     help="runs of one task, teacher, student and recipe shape in one trial: one after "
+                          "another (sequential) or trained together, one stacked forward/backward (fused, "
+                          "where the student allows; else sequential); auto: sequential for single-worker "
+                          "CPU runs, fused for single-worker GPU runs; off: one trial per run (default: the "
+                          "suite's `pack`)")
     run.add_argument("--pack-size", type=int, default=None, help="the most runs in one pack (default 8)")
     run.add_argument("--report", default=None, help="report path (default reports/<suite>.md)")
     run.add_argument("--no-report", action="store_true", help="do not write the report")

@@ -1,4 +1,6 @@
-"""Packs: many runs of one task, teacher, student and recipe shape in one trial (sequential)."""
+"""Packs: many runs of one task, teacher, student and recipe shape in one trial, one after
+another (sequential) or in one stacked forward/backward (fused; the engine's side is in
+``test_fused.py``)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from cist_bench.cli import main
 from cist_bench.config import load_suite
 from cist_bench.runner.campaign import make_packs
 from cist_bench.runner.unit import Unit
+from cist_bench.spec import ModelSpec, OptimizerSpec, ScheduleSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "suites" / "smoke.yaml"
@@ -33,7 +36,17 @@ def test_runs_are_packed_by_task_teacher_student_and_recipe_shape() -> None:
     packs = make_packs([Unit(r, "local") for r in [*runs, *other, *faster]], "sequential", 10)
     assert sorted(len(p.member_units()) for p in packs) == [2, 8]
     with pytest.raises(ValueError, match="pack"):
-        make_packs(units, "fused")
+        make_packs(units, "stacked")
+    # fused where the student allows (tiny_mlp: no dropout), in the trial's process
+    (fused,) = make_packs([Unit(r, "train") for r in runs], "fused")
+    assert fused.pack_mode == "fused" and {m.executor for m in fused.member_units()} == {"local"}
+    assert Unit.from_config(fused.to_config()).pack_mode == "fused"
+    dropout = [dataclasses.replace(r, student=ModelSpec("cnn_small")) for r in runs]
+    assert make_packs([Unit(r, "local") for r in dropout], "fused")[0].pack_mode == "sequential"
+    # auto: sequential on CPU, fused for single-worker GPU runs
+    assert pack.pack_mode == "sequential"
+    gpu = [dataclasses.replace(r, resources=dataclasses.replace(r.resources, use_gpu=True)) for r in runs]
+    assert make_packs([Unit(r, "train") for r in gpu], "auto")[0].pack_mode == "fused"
 
 
 def _records(out: Path) -> dict[str, dict]:
@@ -41,18 +54,74 @@ def _records(out: Path) -> dict[str, dict]:
 
 
 @pytest.mark.slow
-def test_off_and_sequential_give_the_same_runs_and_metrics(tmp_path) -> None:
+def test_off_sequential_and_fused_give_the_same_runs_and_metrics(tmp_path) -> None:
     results = {}
-    for mode in ("off", "sequential"):
+    for mode in ("off", "sequential", "fused"):
         out = tmp_path / mode
         assert main(["run", str(SMOKE), "--output", str(out), "--no-report", "--pack", mode,
                      "--num-cpus", "2", "--progress-interval", "1000"]) == 0
         results[mode] = _records(out)
         trials = [p for p in (out / "ray" / "tune").glob("*/*") if p.is_dir()]
         assert len(trials) == (6 if mode == "off" else 1)  # one trial per run, or one pack
-    off, packed = results["off"], results["sequential"]
-    assert off.keys() == packed.keys() and len(off) == 6
-    for run_id, record in off.items():
-        assert record["metrics"] == packed[run_id]["metrics"], run_id
-        assert record["spec"] == packed[run_id]["spec"]
-        assert "pack" not in record["timing"] and packed[run_id]["timing"]["pack"].startswith("pack-")
+    off = results["off"]
+    assert len(off) == 6
+    for mode in ("sequential", "fused"):
+        packed = results[mode]
+        assert off.keys() == packed.keys()
+        for run_id, record in off.items():
+            other = packed[run_id]
+            assert record["spec"] == other["spec"] and record.keys() == other.keys()
+            assert "pack" not in record["timing"] and other["timing"]["pack"].startswith("pack-")
+            assert other["timing"]["pack_mode"] == mode
+            if mode == "sequential":  # the same code, one run after another: the same numbers
+                assert record["metrics"] == other["metrics"], run_id
+                continue
+            # fused: the same numbers to rounding (tests/test_fused.py states the tolerance)
+            for split in ("test", "test_last", "val"):
+                assert other["metrics"][split]["accuracy"] == record["metrics"][split]["accuracy"]
+                assert other["metrics"][split]["nll"] == pytest.approx(record["metrics"][split]["nll"], rel=1e-4)
+
+
+def _fused_campaign(out: Path, runs, **kw):
+    from cist_bench.runner.campaign import run_campaign
+
+    return run_campaign(runs, out, suite="fused", pack="fused", num_cpus=2, progress_interval=1000, **kw)
+
+
+@pytest.mark.slow
+def test_a_fused_pack_keeps_finished_members_and_fails_a_nan_member_alone(tmp_path, monkeypatch) -> None:
+    from test_runner import TRAIN, run
+
+    from cist_bench.results import ResultStore
+    from cist_bench.runner.unit import FAULT_ENV
+
+    monkeypatch.setenv("CIST_BENCH_CACHE", str(tmp_path / "cache"))
+    three = dataclasses.replace(TRAIN, epochs=3)
+    bad = run("kd", 1, train=dataclasses.replace(three, optimizer=OptimizerSpec(lr=1e12),
+                                                 schedule=ScheduleSpec(name="constant")))
+    members = [run("kd", 0, train=three), bad, run("ctkd", 2, train=three), run("cist", 3, train=three)]
+    # a crash of the pack's trial after the ctkd member's second epoch (Tune restarts the trial)
+    monkeypatch.setenv(FAULT_ENV, f"{members[2].run_id}:2:{tmp_path / 'raised'}")
+    res = _fused_campaign(tmp_path / "a", members, max_failures=1)
+    assert (tmp_path / "raised").exists(), "the fault was injected"
+    assert (res.ok, res.failed) == (3, 1)
+    store = ResultStore(tmp_path / "a")
+    recs = {m.run_id: store.get(m.run_id) for m in members}
+    assert recs[bad.run_id].status == "failed" and "non-finite loss" in recs[bad.run_id].error
+    for m in (members[0], members[2], members[3]):
+        rec = recs[m.run_id]
+        assert rec.ok and rec.attempts == 2 and [h["epoch"] for h in rec.history] == [1, 2, 3]
+        assert rec.timing["pack_mode"] == "fused"
+    # the same pack, never interrupted: the resumed members have its numbers
+    monkeypatch.delenv(FAULT_ENV)
+    _fused_campaign(tmp_path / "b", members)
+    clean = ResultStore(tmp_path / "b")
+    for m in (members[0], members[2], members[3]):
+        a, b = recs[m.run_id], clean.get(m.run_id)
+        assert a.metrics["test"]["accuracy"] == b.metrics["test"]["accuracy"]
+        assert a.metrics["test"]["nll"] == pytest.approx(b.metrics["test"]["nll"], rel=1e-4)
+    # a rerun keeps the finished members and redoes the failed one alone
+    finished = {m.run_id: recs[m.run_id].finished for m in members if m is not bad}
+    again = _fused_campaign(tmp_path / "a", members)
+    assert (again.skipped, again.failed) == (3, 1)
+    assert {k: store.get(k).finished for k in finished} == finished

@@ -159,6 +159,239 @@ def _is_better(value: float, best: float | None, higher_is_better: bool) -> bool
     return value > best if higher_is_better else value < best
 
 
+class RunState:
+    """Everything one run holds while it trains: its student, loss, teacher, optimiser, schedule,
+    loader, history and validation-selected checkpoint, built (and resumed) exactly as
+    :func:`train_run` trains it. :func:`train_run` drives one; a fused pack
+    (:mod:`cist_bench.engine.fused`) drives several with one stacked forward/backward.
+
+    ``runtime``: a teacher runtime to share (the members of a pack share the teacher and its
+    output caches); the run builds its own when it is not given.
+    """
+
+    def __init__(self, spec: RunSpec, hooks: Hooks, *, info: DistInfo, device: torch.device,
+                 teacher: LoadedTeacher | None = None, cache_root: Path | None = None,
+                 task: Task | None = None, runtime: TeacherRuntime | None = None) -> None:
+        self.spec, self.hooks, self.info, self.device = spec, hooks, info, device
+        self.cfg: TrainSpec = spec.train
+        self.t_start = time.perf_counter()
+        train_cfg = self.cfg
+
+        seed_everything(spec.seed)  # same initial weights on every worker
+        self.task = task = task or create_task(spec.task.name, **spec.task.options)
+        self.splits = task.splits()
+        self.channels_last = train_cfg.channels_last and task.kind == "image_classification"
+        student = build_model(spec.student, task)
+        self.loss_fn = loss_fn = create_loss(spec.loss.name, **spec.loss.hparams).to(device)
+        init_every = spec.student.init_from_teacher
+        self.teacher_runtime: TeacherRuntime | None = None
+        if spec.teacher is not None and (loss_fn.needs_teacher or init_every):
+            if teacher is None and (init_every or runtime is None):
+                with torch.random.fork_rng(devices=[]):  # building the model draws random weights
+                    teacher = load_teacher(spec.teacher, spec.task, cache_root=cache_root)
+            if init_every:  # before the teacher moves to the device and is frozen
+                assert teacher is not None
+                layers = init_from_teacher(student, teacher.model, init_every)
+                hooks.log(f"student initialised from teacher {teacher.id}, layers {layers['layers']}")
+            if loss_fn.needs_teacher:
+                self.teacher_runtime = runtime or TeacherRuntime(
+                    teacher, task, spec.teacher, spec.task, device=device, amp=train_cfg.amp,
+                    cache_root=cache_root, channels_last=self.channels_last)
+        elif init_every:
+            raise ValueError("student.init_from_teacher needs a teacher")
+        student = student.to(device)
+        if self.channels_last:
+            student = student.to(memory_format=torch.channels_last)
+        self.student = student
+        self.t_setup = time.perf_counter() - self.t_start
+
+        self.model: nn.Module = student
+        if info.distributed:
+            self.model = nn.parallel.DistributedDataParallel(
+                student, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        self.optimizer = build_optimizer(train_cfg.optimizer, student, loss_fn)
+        train_set = self.splits["train"]
+        self.steps_per_epoch = equal_train_batches(len(train_set), train_cfg.batch_size, info)
+        self.total_steps = self.steps_per_epoch * train_cfg.epochs
+        self.scheduler = build_scheduler(self.optimizer, train_cfg.schedule, self.steps_per_epoch,
+                                         train_cfg.epochs)
+        self.scaler = torch.amp.GradScaler("cuda") if (train_cfg.amp == "fp16" and device.type == "cuda") \
+            else None
+        self.primary = task.primary_metric
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"value": None, "epoch": None, "state": None}
+        self.start_epoch = 0
+
+        # augmentation and shuffling differ per worker; initial weights did not
+        torch.manual_seed(spec.seed * 7919 + info.rank + 1)
+        resumed = hooks.load_checkpoint()
+        if resumed is not None:
+            load_state_bytes(student, resumed["student"])
+            load_state_bytes(loss_fn, resumed["loss"])
+            self.optimizer.load_state_dict(resumed["optimizer"])
+            self.scheduler.load_state_dict(resumed["scheduler"])
+            self.history, self.best = resumed["history"], resumed["best"]
+            self.start_epoch = resumed["epoch"] + 1
+            if info.distributed:  # the checkpoint holds rank 0's stream: derive one per worker
+                torch.manual_seed(spec.seed * 7919 + info.rank + 1 + 1_000_003 * self.start_epoch)
+            else:  # a single process continues exactly where it stopped
+                torch.set_rng_state(resumed["rng"])
+            hooks.log(f"resumed at epoch {self.start_epoch} of {train_cfg.epochs}")
+
+        self.sampler = ShardSampler(len(train_set), info, shuffle=True, seed=spec.seed)
+        views = self.teacher_runtime is not None and self.teacher_runtime.view_cache
+        self.loader = make_loader(train_set, train_cfg.batch_size, self.sampler, train_cfg.loader_workers,
+                                  device, views=views)
+        self.train_seconds = sum(h["train_seconds"] for h in self.history)
+        self.train_samples = sum(h["train_samples"] for h in self.history)
+
+    # ------------------------------------------------------------------ one epoch, step by step
+
+    def begin_epoch(self, epoch: int) -> Iterable:
+        """Training mode, fresh accumulators; returns the epoch's batches."""
+        self.sampler.set_epoch(epoch)
+        self.model.train()
+        self.loss_fn.train()
+        self.stats = StatsAccumulator()
+        self.sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, ce, kd, rows
+        self.n_seen = 0
+        # warm-ups and curricula: per step, or per 1-based epoch as the reference code (the
+        # loss's ``ramp`` chooses)
+        self.epoch_progress = (epoch + 1) / self.cfg.epochs
+        return _take(self.loader, self.steps_per_epoch)
+
+    def progress(self, epoch: int, step: int) -> float:
+        return (epoch * self.steps_per_epoch + step) / self.total_steps
+
+    def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return to_device(x, self.device, self.channels_last), y.to(self.device, non_blocking=True)
+
+    def teacher_logits(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
+        return self.teacher_runtime.logits(x, split="train", index=idx) \
+            if self.teacher_runtime is not None else None
+
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to back-propagate (scaled for fp16 autocast)."""
+        return self.scaler.scale(loss) if self.scaler is not None else loss
+
+    def step(self) -> None:
+        """After the backward pass: clip, optimiser and schedule step."""
+        optimizer = self.optimizer
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in optimizer.param_groups for p in g["params"]], self.cfg.grad_clip
+            )
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        self.scheduler.step()
+
+    def accumulate(self, out: dict[str, torch.Tensor], y: torch.Tensor, batch: int) -> None:
+        rows = (y != -100).sum()
+        self.sums += torch.stack([out["loss"].detach() * rows, out["ce"].detach() * rows,
+                                  out["kd"].detach() * rows, rows.to(self.sums.dtype)]).to(self.sums.dtype)
+        self.stats.update(out, rows)
+        self.n_seen += batch
+
+    def end_epoch(self, epoch: int, epoch_train_seconds: float, *, test: bool) -> None:
+        """Reduce the epoch's training metrics, evaluate on validation, keep the best weights,
+        checkpoint and report."""
+        info, device, train_cfg, task = self.info, self.device, self.cfg, self.task
+        sums, stats = self.sums, self.stats
+        all_reduce_sum(sums, info)
+        stats.reduce(info, device)
+        seen = torch.tensor([float(self.n_seen)], dtype=torch.float64, device=device)
+        all_reduce_sum(seen, info)
+        self.train_seconds += epoch_train_seconds
+        self.train_samples += int(seen.item())
+        rows_total = float(sums[3])
+        train_metrics = {"loss": float(sums[0]) / rows_total, "ce": float(sums[1]) / rows_total,
+                         "kd": float(sums[2]) / rows_total}
+
+        val = evaluate(self.student, task, self.splits["val"], info=info, device=device,
+                       batch_size=train_cfg.eval_batch_size, amp=train_cfg.amp,
+                       teacher=self.teacher_runtime, loss_fn=self.loss_fn,
+                       progress=(epoch + 1) / train_cfg.epochs, split="val",
+                       workers=train_cfg.loader_workers, channels_last=self.channels_last)
+        primary = self.primary
+        value = val.metrics[primary.name]
+        if _is_better(value, self.best["value"], primary.higher_is_better):
+            self.best = {"value": value, "epoch": epoch, "state": state_bytes(self.student)}
+        record = {
+            "epoch": epoch + 1,
+            "lr": self.scheduler.get_last_lr()[0],
+            "train": train_metrics,
+            "train_stats": stats.compute(),
+            "val": val.metrics,
+            "val_stats": val.stats,
+            "train_seconds": epoch_train_seconds,
+            "train_samples": int(seen.item()),
+        }
+        if test and train_cfg.test_every_epoch:  # the papers' best-over-epochs test numbers
+            record["test"] = evaluate(self.student, task, self.splits["test"], info=info, device=device,
+                                      batch_size=train_cfg.eval_batch_size, amp=train_cfg.amp,
+                                      split="test", workers=train_cfg.loader_workers,
+                                      channels_last=self.channels_last).metrics
+        self.history.append(record)
+        self.hooks.log(f"epoch {epoch + 1}/{train_cfg.epochs} loss {train_metrics['loss']:.4f} "
+                       f"val {primary.name} {value:.4f}")
+        state = None
+        if info.is_main:
+            state = {"student": state_bytes(self.student), "loss": state_bytes(self.loss_fn),
+                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "history": self.history, "best": self.best, "epoch": epoch,
+                     "rng": torch.get_rng_state()}
+        self.hooks.report({"epoch": epoch + 1, f"val_{primary.name}": value,
+                           "train_loss": train_metrics["loss"], **{f"val_{k}": v for k, v in
+                                                                   val.metrics.items()}}, state)
+
+    # ------------------------------------------------------------------ the end
+
+    def finish(self, test: bool) -> Outcome:
+        """Test the last and the validation-selected weights; the run's outcome."""
+        spec, task, info, device, student, loss_fn = (self.spec, self.task, self.info, self.device,
+                                                      self.student, self.loss_fn)
+        history, best, train_cfg, splits = self.history, self.best, self.cfg, self.splits
+        common = (spec, task, info, device, student, loss_fn, history, best, self.t_setup,
+                  self.train_seconds, self.train_samples, self.t_start)
+        if not test:  # a search trial: validation only
+            return _outcome(*common, test_metrics={}, diagnostics_test=None, teacher_metrics=None)
+
+        # test: last weights, then the validation-selected ones
+        eval_kwargs = {"info": info, "device": device, "batch_size": train_cfg.eval_batch_size,
+                       "amp": train_cfg.amp, "teacher": self.teacher_runtime, "loss_fn": loss_fn,
+                       "progress": 1.0, "split": "test", "workers": train_cfg.loader_workers,
+                       "channels_last": self.channels_last}
+        selected_is_last = best["state"] is None or best["epoch"] == len(history) - 1
+        test_last = evaluate(student, task, splits["test"], **eval_kwargs,
+                             keep_generations=KEEP_GENERATIONS if selected_is_last else 0)
+        last_state = state_bytes(student)
+        if not selected_is_last:
+            load_state_bytes(student, best["state"])
+            test_best = evaluate(student, task, splits["test"], **eval_kwargs,
+                                 keep_generations=KEEP_GENERATIONS)
+        else:
+            test_best = test_last
+        # more test sets (e.g. the instruction benchmarks beside Dolly's), selected weights only
+        extra_metrics = {f"test:{name}": evaluate(student, task, dataset, **eval_kwargs).metrics
+                         for name, dataset in task.extra_test_splits().items()}
+        if not selected_is_last:
+            load_state_bytes(student, last_state)
+
+        teacher_metrics = self.teacher_runtime.metrics(info) if self.teacher_runtime is not None else None
+        test_metrics = {"test": test_best.metrics, "test_last": test_last.metrics, **extra_metrics}
+        over_epochs = best_over_epochs(history, task)
+        if over_epochs:
+            test_metrics["test_best_over_epochs"] = over_epochs
+        return _outcome(*common, test_metrics=test_metrics, diagnostics_test=test_best.stats,
+                        teacher_metrics=teacher_metrics, generations=test_best.generations)
+
+
 def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeacher | None = None,
               cache_root: Path | None = None, task: Task | None = None,
               distributed: bool = True, test: bool = True) -> Outcome:
@@ -175,196 +408,24 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeach
     hooks = hooks or Hooks()
     info = DistInfo.detect() if distributed else DistInfo()
     device = resolve_device(spec.resources.use_gpu, info)
-    train_cfg: TrainSpec = spec.train
-    t_start = time.perf_counter()
-
-    seed_everything(spec.seed)  # same initial weights on every worker
-    task = task or create_task(spec.task.name, **spec.task.options)
-    splits = task.splits()
-    channels_last = train_cfg.channels_last and task.kind == "image_classification"
-    student = build_model(spec.student, task)
-    loss_fn = create_loss(spec.loss.name, **spec.loss.hparams).to(device)
-    init_every = spec.student.init_from_teacher
-    teacher_runtime: TeacherRuntime | None = None
-    if spec.teacher is not None and (loss_fn.needs_teacher or init_every):
-        if teacher is None:
-            with torch.random.fork_rng(devices=[]):  # building the model draws random weights
-                teacher = load_teacher(spec.teacher, spec.task, cache_root=cache_root)
-        if init_every:  # before the teacher moves to the device and is frozen
-            layers = init_from_teacher(student, teacher.model, init_every)
-            hooks.log(f"student initialised from teacher {teacher.id}, layers {layers['layers']}")
-        if loss_fn.needs_teacher:
-            teacher_runtime = TeacherRuntime(teacher, task, spec.teacher, spec.task, device=device,
-                                             amp=train_cfg.amp, cache_root=cache_root,
-                                             channels_last=channels_last)
-    elif init_every:
-        raise ValueError("student.init_from_teacher needs a teacher")
-    student = student.to(device)
-    if channels_last:
-        student = student.to(memory_format=torch.channels_last)
-    t_setup = time.perf_counter() - t_start
-
-    model: nn.Module = student
-    if info.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            student, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    optimizer = build_optimizer(train_cfg.optimizer, student, loss_fn)
-    train_set = splits["train"]
-    steps_per_epoch = equal_train_batches(len(train_set), train_cfg.batch_size, info)
-    total_steps = steps_per_epoch * train_cfg.epochs
-    scheduler = build_scheduler(optimizer, train_cfg.schedule, steps_per_epoch, train_cfg.epochs)
-    scaler = torch.amp.GradScaler("cuda") if (train_cfg.amp == "fp16" and device.type == "cuda") \
-        else None
-    primary = task.primary_metric
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"value": None, "epoch": None, "state": None}
-    start_epoch = 0
-
-    # augmentation and shuffling differ per worker; initial weights did not
-    torch.manual_seed(spec.seed * 7919 + info.rank + 1)
-    resumed = hooks.load_checkpoint()
-    if resumed is not None:
-        load_state_bytes(student, resumed["student"])
-        load_state_bytes(loss_fn, resumed["loss"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        history, best, start_epoch = resumed["history"], resumed["best"], resumed["epoch"] + 1
-        if info.distributed:  # the checkpoint holds rank 0's stream: derive one per worker
-            torch.manual_seed(spec.seed * 7919 + info.rank + 1 + 1_000_003 * start_epoch)
-        else:  # a single process continues exactly where it stopped
-            torch.set_rng_state(resumed["rng"])
-        hooks.log(f"resumed at epoch {start_epoch} of {train_cfg.epochs}")
-
-    sampler = ShardSampler(len(train_set), info, shuffle=True, seed=spec.seed)
-    loader = make_loader(train_set, train_cfg.batch_size, sampler, train_cfg.loader_workers, device,
-                         views=teacher_runtime is not None and teacher_runtime.view_cache)
-    train_seconds = sum(h["train_seconds"] for h in history)
-    train_samples = sum(h["train_samples"] for h in history)
-
-    for epoch in range(start_epoch, train_cfg.epochs):
-        sampler.set_epoch(epoch)
-        model.train()
-        loss_fn.train()
-        stats = StatsAccumulator()
-        sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, ce, kd, rows
+    run = RunState(spec, hooks, info=info, device=device, teacher=teacher, cache_root=cache_root, task=task)
+    for epoch in range(run.start_epoch, spec.train.epochs):
+        batches = run.begin_epoch(epoch)
         t0 = time.perf_counter()
-        n_seen = 0
-        # warm-ups and curricula: per step, or per 1-based epoch as the reference code (the
-        # loss's ``ramp`` chooses)
-        epoch_progress = (epoch + 1) / train_cfg.epochs
-        for step, (x, y, idx) in enumerate(_take(loader, steps_per_epoch)):
-            global_step = epoch * steps_per_epoch + step
-            progress = global_step / total_steps
-            x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
-            with amp_context(train_cfg.amp, device):
-                s_logits = model(x)
-                t_logits = teacher_runtime.logits(x, split="train", index=idx) \
-                    if teacher_runtime is not None else None
-            out = loss_fn(s_logits, t_logits, y, progress=progress, epoch_progress=epoch_progress)
-            loss = out["loss"]
-            _check_finite(loss, info, device, epoch, step)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if train_cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for g in optimizer.param_groups for p in g["params"]], train_cfg.grad_clip
-                )
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            rows = (y != -100).sum()
-            sums += torch.stack([out["loss"].detach() * rows, out["ce"].detach() * rows,
-                                 out["kd"].detach() * rows, rows.to(sums.dtype)]).to(sums.dtype)
-            stats.update(out, rows)
-            n_seen += x.shape[0]
-        epoch_train_seconds = time.perf_counter() - t0
-        all_reduce_sum(sums, info)
-        stats.reduce(info, device)
-        seen = torch.tensor([float(n_seen)], dtype=torch.float64, device=device)
-        all_reduce_sum(seen, info)
-        train_seconds += epoch_train_seconds
-        train_samples += int(seen.item())
-        rows_total = float(sums[3])
-        train_metrics = {"loss": float(sums[0]) / rows_total, "ce": float(sums[1]) / rows_total,
-                         "kd": float(sums[2]) / rows_total}
-
-        val = evaluate(student, task, splits["val"], info=info, device=device,
-                       batch_size=train_cfg.eval_batch_size, amp=train_cfg.amp,
-                       teacher=teacher_runtime, loss_fn=loss_fn,
-                       progress=(epoch + 1) / train_cfg.epochs, split="val",
-                       workers=train_cfg.loader_workers, channels_last=channels_last)
-        value = val.metrics[primary.name]
-        if _is_better(value, best["value"], primary.higher_is_better):
-            best = {"value": value, "epoch": epoch, "state": state_bytes(student)}
-        record = {
-            "epoch": epoch + 1,
-            "lr": scheduler.get_last_lr()[0],
-            "train": train_metrics,
-            "train_stats": stats.compute(),
-            "val": val.metrics,
-            "val_stats": val.stats,
-            "train_seconds": epoch_train_seconds,
-            "train_samples": int(seen.item()),
-        }
-        if test and train_cfg.test_every_epoch:  # the papers' best-over-epochs test numbers
-            record["test"] = evaluate(student, task, splits["test"], info=info, device=device,
-                                      batch_size=train_cfg.eval_batch_size, amp=train_cfg.amp,
-                                      split="test", workers=train_cfg.loader_workers,
-                                      channels_last=channels_last).metrics
-        history.append(record)
-        hooks.log(f"epoch {epoch + 1}/{train_cfg.epochs} loss {train_metrics['loss']:.4f} "
-                  f"val {primary.name} {value:.4f}")
-        state = None
-        if info.is_main:
-            state = {"student": state_bytes(student), "loss": state_bytes(loss_fn),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "history": history, "best": best, "epoch": epoch,
-                     "rng": torch.get_rng_state()}
-        hooks.report({"epoch": epoch + 1, f"val_{primary.name}": value,
-                      "train_loss": train_metrics["loss"], **{f"val_{k}": v for k, v in
-                                                              val.metrics.items()}}, state)
-
-    if not test:  # a search trial: validation only
-        return _outcome(spec, task, info, device, student, loss_fn, history, best, t_setup, train_seconds,
-                        train_samples, t_start, test_metrics={}, diagnostics_test=None, teacher_metrics=None)
-
-    # test: last weights, then the validation-selected ones
-    eval_kwargs = {"info": info, "device": device, "batch_size": train_cfg.eval_batch_size,
-                   "amp": train_cfg.amp, "teacher": teacher_runtime, "loss_fn": loss_fn,
-                   "progress": 1.0, "split": "test", "workers": train_cfg.loader_workers,
-                   "channels_last": channels_last}
-    selected_is_last = best["state"] is None or best["epoch"] == len(history) - 1
-    test_last = evaluate(student, task, splits["test"], **eval_kwargs,
-                         keep_generations=KEEP_GENERATIONS if selected_is_last else 0)
-    last_state = state_bytes(student)
-    if not selected_is_last:
-        load_state_bytes(student, best["state"])
-        test_best = evaluate(student, task, splits["test"], **eval_kwargs,
-                             keep_generations=KEEP_GENERATIONS)
-    else:
-        test_best = test_last
-    # more test sets (e.g. the instruction benchmarks beside Dolly's), selected weights only
-    extra_metrics = {f"test:{name}": evaluate(student, task, dataset, **eval_kwargs).metrics
-                     for name, dataset in task.extra_test_splits().items()}
-    if not selected_is_last:
-        load_state_bytes(student, last_state)
-
-    teacher_metrics = teacher_runtime.metrics(info) if teacher_runtime is not None else None
-    test_metrics = {"test": test_best.metrics, "test_last": test_last.metrics, **extra_metrics}
-    over_epochs = best_over_epochs(history, task)
-    if over_epochs:
-        test_metrics["test_best_over_epochs"] = over_epochs
-    return _outcome(spec, task, info, device, student, loss_fn, history, best, t_setup, train_seconds,
-                    train_samples, t_start, test_metrics=test_metrics, diagnostics_test=test_best.stats,
-                    teacher_metrics=teacher_metrics, generations=test_best.generations)
+        for step, (x, y, idx) in enumerate(batches):
+            x, y = run.to_device(x, y)
+            with amp_context(spec.train.amp, device):
+                s_logits = run.model(x)
+                t_logits = run.teacher_logits(x, idx)
+            out = run.loss_fn(s_logits, t_logits, y, progress=run.progress(epoch, step),
+                              epoch_progress=run.epoch_progress)
+            _check_finite(out["loss"], info, device, epoch, step)
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scaled(out["loss"]).backward()
+            run.step()
+            run.accumulate(out, y, x.shape[0])
+        run.end_epoch(epoch, time.perf_counter() - t0, test=test)
+    return run.finish(test)
 
 
 def best_over_epochs(history: list[dict[str, Any]], task: Task) -> dict[str, float]:

@@ -24,6 +24,7 @@ from typing import Any
 import ray
 
 from cist_bench.config.resolve import resolve_run
+from cist_bench.engine.fused import fusion_problem
 from cist_bench.results import ReportRoles, ResultStore
 from cist_bench.runner.cluster import init_ray, shutdown_ray
 from cist_bench.runner.executors import resolve_executor
@@ -57,8 +58,8 @@ class CampaignResult:
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 
-#: how a campaign groups runs into trials (``fused``, many runs in one forward/backward, is to come)
-PACK_MODES = ("auto", "off", "sequential")
+#: how a campaign groups runs into trials (:func:`make_packs`)
+PACK_MODES = ("auto", "off", "sequential", "fused")
 
 
 def pack_key(unit: Unit) -> str:
@@ -69,13 +70,38 @@ def pack_key(unit: Unit) -> str:
     return canonical_json({"task": to_dict(s.task), "teacher": to_dict(s.teacher) if s.teacher else None,
                            "student": to_dict(s.student), "epochs": s.train.epochs,
                            "batch_size": s.train.batch_size, "optimizer": s.train.optimizer.name,
-                           "resources": to_dict(s.resources), "executor": unit.executor})
+                           "amp": s.train.amp, "resources": to_dict(s.resources), "executor": unit.executor})
+
+
+def _packable(unit: Unit, mode: str) -> bool:
+    if mode in ("sequential", "fused"):
+        return True
+    # auto: the runs that execute in one process — single-worker CPU runs (sequential) and
+    # single-worker GPU runs (fused, where they can be)
+    return unit.executor == "local" or (unit.spec.resources.use_gpu and unit.spec.resources.num_workers == 1)
+
+
+def _pack(members: list[Unit], mode: str) -> Unit:
+    """Members → one pack: fused where asked (``fused``, or ``auto`` on a GPU) and possible,
+    else sequential. A fused pack trains in its trial's process (executor ``local``)."""
+    fused = False
+    if mode == "fused" or (mode == "auto" and members[0].spec.resources.use_gpu):
+        problem = fusion_problem([m.spec for m in members])
+        fused = problem is None
+        if problem and mode == "fused":
+            logger.warning("%s: a sequential pack, not fused: %s", members[0].describe(), problem)
+    if fused:
+        members = [dataclasses.replace(m, executor="local") for m in members]
+    return dataclasses.replace(members[0], members=[m.to_config() for m in members],
+                               pack_mode="fused" if fused else "sequential")
 
 
 def make_packs(units: list[Unit], mode: str = "auto", size: int = 8) -> list[Unit]:
     """Group ``units`` into packs of at most ``size`` runs that share :func:`pack_key`, in the
-    order of their first run. ``sequential``: every unit may be packed; ``auto``: the runs that
-    execute in the trial process (executor ``local``: single-worker CPU runs); ``off``: none. A
+    order of their first run. ``sequential``: every unit may be packed, members run one after
+    another; ``fused``: members train together in one stacked forward/backward where they can
+    (:func:`~cist_bench.engine.fused.fusion_problem`), else sequentially; ``auto``: sequential
+    packs of single-worker CPU runs, fused packs of single-worker GPU runs; ``off``: none. A
     group of one stays a plain unit."""
     if mode not in PACK_MODES:
         raise ValueError(f"pack: {mode!r} is not one of {list(PACK_MODES)}")
@@ -84,7 +110,7 @@ def make_packs(units: list[Unit], mode: str = "auto", size: int = 8) -> list[Uni
     groups: dict[str, list[Unit]] = {}
     out: list[Unit | str] = []
     for unit in units:
-        if mode == "auto" and unit.executor != "local":
+        if not _packable(unit, mode):
             out.append(unit)
             continue
         key = pack_key(unit)
@@ -100,8 +126,7 @@ def make_packs(units: list[Unit], mode: str = "auto", size: int = 8) -> list[Uni
         members = groups[item]
         for i in range(0, len(members), size):
             chunk = members[i:i + size]
-            packs.append(chunk[0] if len(chunk) == 1 else
-                         dataclasses.replace(chunk[0], members=[m.to_config() for m in chunk]))
+            packs.append(chunk[0] if len(chunk) == 1 else _pack(chunk, mode))
     return packs
 
 

@@ -74,25 +74,29 @@ def _report_end(ctx: Context, unit: Unit | None, **extra: Any) -> None:
 
 
 def run_pack(pack: Unit, ctx: Context) -> None:
-    """A pack's trial: its runs one after another in this process (the data, teachers and
-    teacher outputs their processes share stay loaded). A run already recorded final is skipped
-    (a pack restarted after a crash keeps its finished runs and resumes the one it was in); a
-    run that fails deterministically is recorded failed and the next one starts; a crash
-    restarts the trial while the run's attempts remain."""
+    """A pack's trial: its runs fused (one stacked forward/backward, in this process) or one
+    after another (the data, teachers and teacher outputs their processes share stay loaded).
+    A run already recorded final is skipped (a pack restarted after a crash keeps its finished
+    runs and resumes the others from their checkpoints); a run that fails deterministically is
+    recorded failed alone; a crash restarts the trial while the runs' attempts remain."""
     store = ResultStore(ctx.output)
-    done = 0
-    for unit in pack.member_units():
-        if is_final(store.get(unit.run_id), ctx):
-            done += 1
-            continue
+    members = pack.member_units()
+    todo = [unit for unit in members if not is_final(store.get(unit.run_id), ctx)]
+    if not todo:
+        tune.report({"epoch": 0, "run_id": pack.run_id, "skipped": True})
+        return
+    if pack.pack_mode == "fused":
+        attempts = [bump_attempts(ctx, unit.run_id) for unit in todo]
+        EXECUTORS.get("local").run_fused(todo, ctx, attempts, pack.run_id)
+        return
+    for unit in todo:
         attempt = bump_attempts(ctx, unit.run_id)
         t0 = time.perf_counter()
         EXECUTORS.get(unit.executor).run(unit, ctx, attempt)
         record = store.get(unit.run_id)
         if record is not None and record.attempts == attempt:
-            store.write(record.with_timing(trial_wall_seconds=time.perf_counter() - t0, pack=pack.run_id))
-    if done == len(pack.members or []):
-        tune.report({"epoch": 0, "run_id": pack.run_id, "skipped": True})
+            store.write(record.with_timing(trial_wall_seconds=time.perf_counter() - t0, pack=pack.run_id,
+                                           pack_mode="sequential", pack_members=len(members)))
 
 
 def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:

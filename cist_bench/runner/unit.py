@@ -1,9 +1,9 @@
 """A unit of work and how it executes, wherever the engine runs (a Tune trial, a Train worker).
 
-A :class:`Unit` is what one Tune trial does: today one run (the issue "Packs" makes it several
-runs of one pair). A :class:`Context` is what every unit of one experiment shares: where
-records, checkpoints and teachers go, the suite, the retry budget, the report roles and — in a
-search — the search's provenance and objective.
+A :class:`Unit` is what one Tune trial does: one run, or a pack of runs of one pair. A
+:class:`Context` is what every unit of one experiment shares: where records, checkpoints and
+teachers go, the suite, the retry budget, the report roles and — in a search — the search's
+provenance and objective.
 
 :func:`execute` is the single implementation of a unit's life, used by every executor: the
 teacher is made ready (:func:`~cist_bench.runner.teachers.ensure_teacher`), the engine trains
@@ -86,9 +86,12 @@ class Unit:
     #: a search trial in an experiment shared by several groups: ``{group, budget, max_epochs}``
     #: of its own group (they override the context's)
     search_group: dict[str, Any] | None = None
-    #: a **pack**: the configs of the member units, run one after another in this unit's trial
+    #: a **pack**: the configs of the member units, trained in this unit's trial
     #: (``spec`` is the first member's: the pack's resources); None for a single run
     members: list[dict[str, Any]] | None = None
+    #: how a pack trains: ``sequential`` (one member after another) or ``fused`` (one stacked
+    #: forward/backward for all, :mod:`cist_bench.engine.fused`)
+    pack_mode: str | None = None
 
     @property
     def run_id(self) -> str:
@@ -104,20 +107,20 @@ class Unit:
     def describe(self) -> str:
         s = self.spec
         if self.members:
-            return f"{s.task.name} {s.pair_name} pack of {len(self.members)}"
+            return f"{s.task.name} {s.pair_name} {self.pack_mode or 'sequential'} pack of {len(self.members)}"
         trial = f" trial {self.trial_index}" if self.trial_index is not None else f" seed {s.seed}"
         return f"{s.task.name} {s.pair_name} {s.loss.method}{trial}"
 
     def to_config(self) -> dict[str, Any]:
         return {"spec": to_dict(self.spec), "executor": self.executor, "trial_index": self.trial_index,
                 "point": self.point, "hparams": self.hparams, "hparams_source": self.hparams_source,
-                "search_group": self.search_group, "members": self.members}
+                "search_group": self.search_group, "members": self.members, "pack_mode": self.pack_mode}
 
     @classmethod
     def from_config(cls, data: dict[str, Any]) -> Unit:
         return cls(from_dict(RunSpec, data["spec"]), data["executor"], data.get("trial_index"),
                    data.get("point"), data.get("hparams"), data.get("hparams_source"), data.get("search_group"),
-                   data.get("members"))
+                   data.get("members"), data.get("pack_mode"))
 
 
 class Transport(Protocol):
@@ -166,13 +169,15 @@ def search_info(unit: Unit, ctx: Context, *, early_stopped: bool, epochs_run: in
 def write_record(unit: Unit, ctx: Context, status: str, *, outcome: Outcome | None = None,
                  error: str | None = None, started: str | None = None, t0: float | None = None,
                  executor: str | None = None, attempts: int = 1, early_stopped: bool = False,
-                 epochs_run: int = 0) -> RunRecord:
+                 epochs_run: int = 0, timing: dict[str, Any] | None = None) -> RunRecord:
     record = make_record(
         unit.spec, status=status, outcome=outcome, error=error, suite=ctx.suite, started=started,
         wall_seconds=time.perf_counter() - t0 if t0 is not None else None, executor=executor or unit.executor,
         attempts=attempts, roles=ctx.roles,
         search=search_info(unit, ctx, early_stopped=early_stopped, epochs_run=epochs_run),
         hparams_source=unit.hparams_source)
+    if timing:
+        record = record.with_timing(**timing)
     ResultStore(ctx.output).write(record)
     return record
 
@@ -286,11 +291,63 @@ def execute(unit: Unit, ctx: Context, transport: Transport, *, attempt: int, exe
     final = None
     if rank == 0:
         if outcome.best_state is not None:
-            models = Path(ctx.output) / "models"
-            models.mkdir(parents=True, exist_ok=True)
-            tmp = models / f".{spec.run_id}.pt.tmp"
-            tmp.write_bytes(outcome.best_state)
-            os.replace(tmp, models / f"{spec.run_id}.pt")
+            _save_model(ctx, spec.run_id, outcome.best_state)
         final = finish(record("ok", outcome=outcome, epochs_run=len(outcome.history)))
     hooks.flush()
     return final
+
+
+def _save_model(ctx: Context, run_id: str, state: bytes) -> None:
+    models = Path(ctx.output) / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    tmp = models / f".{run_id}.pt.tmp"
+    tmp.write_bytes(state)
+    os.replace(tmp, models / f"{run_id}.pt")
+
+
+def execute_fused(units: list[Unit], ctx: Context, transports: list[Transport], *, attempts: list[int],
+                  executor: str, pack_id: str) -> None:
+    """Train ``units`` as one fused pack (:func:`~cist_bench.engine.fused.train_fused`) in this
+    process and write each member's own record, as :func:`execute` writes a run's: ok, or failed
+    with its reason — a member whose loss is not finite fails alone. A crash re-raises while
+    every member has attempts left (the trial restarts; each member resumes from its own
+    checkpoint), and records the members failed after that."""
+    from cist_bench.engine.fused import train_fused  # torch.func: only where a pack fuses
+
+    started, t0 = now(), time.perf_counter()
+    cache_root = Path(ctx.cache_root)
+    specs = [u.spec for u in units]
+    task = create_task(specs[0].task.name, **specs[0].task.options)
+    hooks = [TrialHooks(u, ctx, t, rank=0, progress_record=lambda state: None)
+             for u, t in zip(units, transports, strict=True)]
+
+    def record(i: int, status: str, **kwargs: Any) -> None:
+        write_record(units[i], ctx, status, started=started, t0=t0, executor=executor, attempts=attempts[i],
+                     timing={"trial_wall_seconds": time.perf_counter() - t0, "pack": pack_id,
+                             "pack_mode": "fused", "pack_members": len(units)}, **kwargs)
+        shutil.rmtree(checkpoint_dir(ctx, units[i].run_id), ignore_errors=True)
+
+    try:
+        needs = [s for s in specs if needs_teacher(s)]
+        teacher = ensure_teacher(needs[0].teacher, needs[0].task, cache_root=cache_root) if needs else None
+        outcomes = train_fused(specs, hooks, teacher=teacher, cache_root=cache_root, task=task,
+                               test=ctx.search is None)
+    except TeacherError as err:  # deterministic: every member fails with it
+        for i in range(len(units)):
+            record(i, "failed", error=str(err)[-4000:], epochs_run=hooks[i].epochs)
+        return
+    except Exception as err:  # a crash: restart (from the checkpoints) while attempts remain
+        if min(attempts) <= ctx.max_failures:
+            raise
+        for i in range(len(units)):
+            record(i, "failed", error=describe_error(err), epochs_run=hooks[i].epochs)
+        return
+    for i, outcome in enumerate(outcomes):
+        if isinstance(outcome, RunFailedError):
+            record(i, "failed", error=str(outcome)[-4000:], epochs_run=hooks[i].epochs)
+            continue
+        if outcome.best_state is not None:
+            _save_model(ctx, units[i].run_id, outcome.best_state)
+        record(i, "ok", outcome=outcome, epochs_run=len(outcome.history))
+    for h in hooks:
+        h.flush()

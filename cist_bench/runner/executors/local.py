@@ -3,7 +3,8 @@
 It skips Ray Train's fixed start-up (controller, helper actors, worker group: ~10 s a run on 2
 cores, ``benchmarks/runner_overhead.py``), which dominates small single-worker runs. The
 per-epoch checkpoint lives in ``<output>/checkpoints/<run id>/``; Tune restarts a crashed trial,
-which resumes from it.
+which resumes from it. A fused pack (:func:`~cist_bench.runner.unit.execute_fused`) also trains
+here, on the trial's CPUs or GPU, each member checkpointing to its own folder.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ray import tune
 
 from cist_bench.runner.executors._base import Executor
 from cist_bench.runner.teachers import ensure_teacher
-from cist_bench.runner.unit import CHECKPOINT_FILE, Context, Unit, checkpoint_dir, execute
+from cist_bench.runner.unit import CHECKPOINT_FILE, Context, Unit, checkpoint_dir, execute, execute_fused
 from cist_bench.spec import ResourceSpec, RunSpec, from_dict, to_dict
 
 
@@ -71,6 +72,12 @@ class LocalExecutor(Executor):
         torch.set_num_threads(max(1, int(unit.spec.resources.cpus_per_worker)))
         execute(unit, ctx, LocalTransport(checkpoint_dir(ctx, unit.run_id)), attempt=attempt,
                 executor="local")
+
+    def run_fused(self, units: list[Unit], ctx: Context, attempts: list[int], pack_id: str) -> None:
+        """A fused pack in this process: each member checkpoints to its own folder."""
+        torch.set_num_threads(max(1, int(units[0].spec.resources.cpus_per_worker)))
+        execute_fused(units, ctx, [LocalTransport(checkpoint_dir(ctx, u.run_id)) for u in units],
+                      attempts=attempts, executor="local", pack_id=pack_id)
 
     def teacher_job(self, run: RunSpec, ctx: Context, cluster: dict[str, Any]) -> Any:
         res = run.resources

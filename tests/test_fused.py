@@ -1,0 +1,161 @@
+"""Fused packs in the engine (no Ray): members trained in one stacked forward/backward give the
+numbers of their separate runs.
+
+Tolerance (fp32 on CPU): the stacked forward computes the same sums in another order (batched
+matrix products, grouped convolutions), so values agree to rounding, not bit for bit. With the
+linear student ``tiny_mlp`` every member's test accuracy (and validation accuracy of every epoch)
+is equal to its separate run's and every loss / NLL agrees to a relative 1e-4 (measured: ≤ 2e-5,
+CTKD's small KD term); with the conv + BatchNorm student ``tiny_cnn`` the first epoch's training
+loss agrees to 1e-4 and the weights after it (running statistics included) to 1e-4 — after that,
+rounding differences grow as training amplifies them, as they do between two GPUs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import math
+
+import pytest
+import torch
+from test_engine import digits_run
+
+from cist_bench.engine import MemoryHooks, RunFailedError, train_run
+from cist_bench.engine.fused import fusion_problem, train_fused
+from cist_bench.runner.teachers import ensure_teacher
+from cist_bench.spec import ModelSpec, OptimizerSpec, ScheduleSpec
+
+REL = 1e-4
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIST_BENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _with_lr(spec, lr: float, **train):
+    opt = dataclasses.replace(spec.train.optimizer, lr=lr)
+    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, optimizer=opt, **train))
+
+
+def _separate_and_fused(specs, cache):
+    teacher = ensure_teacher(specs[0].teacher, specs[0].task, cache_root=cache)
+    torch.set_num_threads(1)
+    separate = [train_run(s, MemoryHooks(), teacher=teacher, cache_root=cache) for s in specs]
+    hooks = [MemoryHooks() for _ in specs]
+    fused = train_fused(specs, hooks, teacher=teacher, cache_root=cache)
+    return separate, fused, hooks
+
+
+def _close(a: float, b: float, rel: float = REL) -> bool:
+    return math.isclose(a, b, rel_tol=rel, abs_tol=1e-9)
+
+
+def test_fused_members_match_their_separate_runs(cache) -> None:
+    members = [("ce", 0, 0.05), ("kd", 1, 0.05), ("ctkd", 2, 0.1), ("cist", 3, 0.02), ("dkd", 0, 0.05),
+               ("dist", 1, 0.1)]
+    specs = [_with_lr(digits_run(loss, seed=seed), lr) for loss, seed, lr in members]
+    separate, fused, hooks = _separate_and_fused(specs, cache)
+    for spec, a, b, h in zip(specs, separate, fused, hooks, strict=True):
+        name = spec.loss.name
+        assert not isinstance(b, RunFailedError), name
+        assert b.metrics["test"]["accuracy"] == a.metrics["test"]["accuracy"], name
+        assert _close(b.metrics["test"]["nll"], a.metrics["test"]["nll"]), name
+        assert b.selected_epoch == a.selected_epoch and b.loss_hparams == a.loss_hparams, name
+        assert len(b.history) == len(a.history) == spec.train.epochs
+        for ea, eb in zip(a.history, b.history, strict=True):
+            assert eb["val"]["accuracy"] == ea["val"]["accuracy"], name
+            for key in ("loss", "ce", "kd"):
+                assert _close(eb["train"][key], ea["train"][key]), (name, key)
+        # each member reported and checkpointed every epoch through its own hooks
+        assert [r["epoch"] for r in h.reports] == [1, 2, 3] and h.state["epoch"] == 2
+    # CTKD's learnable temperature is its own per member: it moved, as in the separate run
+    ctkd_a, ctkd_b = separate[2], fused[2]
+    assert _close(ctkd_b.diagnostics["train"]["tau_t_mean"], ctkd_a.diagnostics["train"]["tau_t_mean"],
+                  1e-4)
+    taus = [e["train_stats"]["tau_t_mean"] for e in ctkd_b.history]
+    assert taus[0] != taus[-1]
+
+
+def test_batchnorm_students_stack_with_their_running_statistics(cache) -> None:
+    specs = [_with_lr(digits_run(loss, seed=seed, student=ModelSpec("tiny_cnn")), 0.05, epochs=1,
+                      schedule=ScheduleSpec(name="constant"))
+             for loss, seed in [("kd", 0), ("ctkd", 1), ("cist", 2)]]
+    assert fusion_problem(specs) is None
+    separate, fused, _ = _separate_and_fused(specs, cache)
+    for spec, a, b in zip(specs, separate, fused, strict=True):
+        assert _close(b.history[0]["train"]["loss"], a.history[0]["train"]["loss"]), spec.loss.name
+        sa, sb = (torch.load(io.BytesIO(o.best_state), weights_only=True) for o in (a, b))
+        assert any("running_mean" in k for k in sa)
+        for k in sa:
+            if sa[k].is_floating_point():
+                assert torch.allclose(sa[k], sb[k], rtol=1e-4, atol=1e-5), (spec.loss.name, k)
+            else:
+                assert torch.equal(sa[k], sb[k]), k  # num_batches_tracked
+
+
+def test_a_member_with_a_non_finite_loss_fails_alone(cache) -> None:
+    bad = _with_lr(digits_run("kd", seed=1), 1e12, schedule=ScheduleSpec(name="constant"))
+    specs = [digits_run("kd", seed=0), bad, digits_run("cist", seed=2)]
+    separate_bad = None
+    try:
+        train_run(bad, teacher=ensure_teacher(bad.teacher, bad.task, cache_root=cache), cache_root=cache)
+    except RunFailedError as err:
+        separate_bad = err.reason
+    assert separate_bad is not None and "non-finite loss" in separate_bad
+    separate, _, _ = _separate_and_fused([specs[0], specs[2]], cache)
+    result = train_fused(specs, [MemoryHooks() for _ in specs], cache_root=cache,
+                         teacher=ensure_teacher(bad.teacher, bad.task, cache_root=cache))
+    assert isinstance(result[1], RunFailedError) and result[1].reason == separate_bad  # same epoch, step
+    for a, b in zip(separate, [result[0], result[2]], strict=True):
+        assert b.metrics["test"]["accuracy"] == a.metrics["test"]["accuracy"]
+        assert _close(b.metrics["test"]["nll"], a.metrics["test"]["nll"])
+
+
+def test_members_resume_from_their_own_checkpoints_at_different_epochs(cache) -> None:
+    specs = [digits_run("kd", seed=0), digits_run("ctkd", seed=1), digits_run("cist", seed=2)]
+    teacher = ensure_teacher(specs[0].teacher, specs[0].task, cache_root=cache)
+    whole = train_fused(specs, [MemoryHooks() for _ in specs], teacher=teacher, cache_root=cache)
+    # an interrupted pack: the first member had checkpointed epoch 2, the second epoch 1, the
+    # third nothing yet
+    states = _states_after(specs, teacher, cache, epochs=(2, 1))
+    hooks = [MemoryHooks(states[0]), MemoryHooks(states[1]), MemoryHooks()]
+    resumed = train_fused(specs, hooks, teacher=teacher, cache_root=cache)
+    assert [len(h.reports) for h in hooks] == [1, 2, 3]  # each trained only its missing epochs
+    for a, b in zip(whole, resumed, strict=True):
+        assert [e["epoch"] for e in b.history] == [1, 2, 3]
+        assert b.metrics["test"]["accuracy"] == a.metrics["test"]["accuracy"]
+        assert _close(b.metrics["test"]["nll"], a.metrics["test"]["nll"])
+
+
+class _KeepEpoch(MemoryHooks):
+    """Keeps the checkpoint of one epoch (0-based) only."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.keep = epoch
+
+    def report(self, metrics, state) -> None:
+        self.reports.append(metrics)
+        if state is not None and state["epoch"] == self.keep:
+            self.state = copy.deepcopy(state)  # as a transport saves it (the history list grows)
+
+
+def _states_after(specs, teacher, cache, *, epochs):
+    hooks = [_KeepEpoch(e - 1) for e in epochs] + [MemoryHooks() for _ in specs[len(epochs):]]
+    train_fused(specs, hooks, teacher=teacher, cache_root=cache)
+    return [h.state for h in hooks]
+
+
+def test_what_cannot_be_fused_is_named() -> None:
+    assert "dropout" in fusion_problem([digits_run("kd", student=ModelSpec("cnn_small"))])
+    a, b = digits_run("kd"), digits_run("kd", student=ModelSpec("tiny_cnn"))
+    assert "student" in fusion_problem([a, b])
+    smaller = dataclasses.replace(a, train=dataclasses.replace(a.train, batch_size=32))
+    assert "batch_size" in fusion_problem([a, smaller])
+    lr = OptimizerSpec(lr=0.5)
+    assert fusion_problem([a, dataclasses.replace(a, train=dataclasses.replace(a.train, optimizer=lr))]) is None
+    with pytest.raises(ValueError, match="dropout"):
+        train_fused([digits_run("kd", student=ModelSpec("cnn_small"))], [MemoryHooks()])
