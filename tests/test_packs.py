@@ -26,7 +26,8 @@ def test_runs_are_packed_by_task_teacher_student_and_recipe_shape() -> None:
     (pack,) = make_packs(units, "auto", 8)
     assert [m.run_id for m in pack.member_units()] == [u.run_id for u in units]
     assert pack.run_id.startswith("pack-") and Unit.from_config(pack.to_config()).run_id == pack.run_id
-    assert [len(p.member_units()) for p in make_packs(units, "sequential", 4)] == [4, 2]
+    assert [len(p.member_units()) for p in make_packs(units, "sequential", 4)] == [3, 3]  # equal sizes
+    assert [len(p.member_units()) for p in make_packs(units * 4, "sequential", 8)] == [8, 8, 8]
     assert make_packs(units, "off") == units
     assert make_packs([Unit(r, "train") for r in runs], "auto") == [Unit(r, "train") for r in runs]
     # another batch size is another recipe shape: another pack; another lr or seed is not

@@ -98,7 +98,7 @@ def _pack(members: list[Unit], mode: str) -> Unit:
 
 def make_packs(units: list[Unit], mode: str = "auto", size: int = 8) -> list[Unit]:
     """Group ``units`` into packs of at most ``size`` runs that share :func:`pack_key`, in the
-    order of their first run. ``sequential``: every unit may be packed, members run one after
+    order of their first run, a group split into packs of equal sizes (21 runs, size 8: 7, 7, 7). ``sequential``: every unit may be packed, members run one after
     another; ``fused``: members train together in one stacked forward/backward where they can
     (:func:`~cist_bench.engine.fused.fusion_problem`), else sequentially; ``auto``: sequential
     packs of single-worker CPU runs, fused packs of single-worker GPU runs; ``off``: none. A
@@ -124,8 +124,10 @@ def make_packs(units: list[Unit], mode: str = "auto", size: int = 8) -> list[Uni
             packs.append(item)
             continue
         members = groups[item]
-        for i in range(0, len(members), size):
-            chunk = members[i:i + size]
+        # as few packs as the size allows, of equal sizes (a short last pack leaves workers idle)
+        count = -(-len(members) // size)
+        for k in range(count):
+            chunk = members[k * len(members) // count:(k + 1) * len(members) // count]
             packs.append(chunk[0] if len(chunk) == 1 else _pack(chunk, mode))
     return packs
 
