@@ -18,8 +18,9 @@ number is the **aggregate student samples per second** of the device: N × epoch
 samples over the wall time of the whole thing (set-up, training, every epoch's validation, the
 test evaluation), and its ratio to one run per process.
 
-Without ``--output`` the rows replace those of the same device in ``reports/perf-packs.md``, so
-the CPU rows and a GPU machine's rows live side by side.
+Without ``--output`` the rows replace those of the same device in ``reports/perf-packs.md`` (and
+``reports/perf-packs.json``, which ``cist-bench run --dry-run`` estimates compute from), so the
+CPU rows and a GPU machine's rows live side by side.
 """
 
 from __future__ import annotations
@@ -229,6 +230,13 @@ def write(report: Path, device_key: str, body: str) -> None:
     report.write_text(text)
 
 
+def write_json(path: Path, device_key: str, block: dict) -> None:
+    """The rows ``cist-bench run --dry-run`` estimates compute from (one block per device)."""
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[device_key] = block
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -263,7 +271,7 @@ def main() -> None:
         return
     if gpu and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no GPU here")
-    args.command = "python benchmarks/packs.py " + " ".join(sys.argv[1:])
+    args.command = " ".join(["python benchmarks/packs.py", *sys.argv[1:]])
     temp = tempfile.TemporaryDirectory(prefix="cist-packs-") if args.work is None else None
     args.work = Path(temp.name) if temp else args.work
     os.environ["CIST_BENCH_CACHE"] = str(args.work / "cache")
@@ -283,7 +291,12 @@ def main() -> None:
                 rows.append(row)
     body = render(args, rows, cache_seconds)
     print(body)
-    write(args.output or REPORT, "cuda" if gpu else "cpu", body)
+    report = args.output or REPORT
+    write(report, "cuda" if gpu else "cpu", body)
+    write_json(report.with_suffix(".json"), "cuda" if gpu else "cpu", {
+        "device": device_name(args.device), "teacher": args.teacher, "student": args.student,
+        "task": "cifar100 (synthetic images)", "epochs": args.epochs, "batch_size": args.batch_size,
+        "command": args.command, "date": dt.date.today().isoformat(), "torch": torch.__version__, "rows": rows})
     if temp:
         temp.cleanup()
 

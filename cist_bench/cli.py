@@ -29,7 +29,8 @@ from typing import Any
 logger = logging.getLogger("cist_bench")
 
 EXIT_OK, EXIT_FAILED_RUNS, EXIT_BAD_INPUT = 0, 1, 2
-#: used by ``--dry-run`` to turn training samples into GPU-hours (an assumption, printed)
+#: used by ``--dry-run`` to turn training samples into GPU-hours where no measured pack
+#: throughput applies (an assumption, printed)
 DEFAULT_ASSUMED_THROUGHPUT = 5000.0
 
 
@@ -43,7 +44,7 @@ def _load(args: argparse.Namespace, *, verify_data: bool = True, **kwargs: Any) 
         raise SystemExit(EXIT_BAD_INPUT) from None
 
 
-def _print_plan(suite: Any, throughput: float) -> None:
+def _print_plan(suite: Any, throughput: float, measured: Path | None = None) -> None:
     plan = suite.plan()
     runs = suite.runs()
     print(f"suite {suite.name}: {len(runs)} runs "
@@ -61,11 +62,20 @@ def _print_plan(suite: Any, throughput: float) -> None:
     print(f"  student epochs: {compute.get('student_epochs')}; training samples: students "
           f"{_count(student)}, teachers {_count(teacher)}")
     if student is not None and teacher is not None:
-        samples = student + teacher
-        gpu = any(r.resources.use_gpu for r in runs)
-        hours = samples / throughput / 3600
-        print(f"  estimated compute: ≈{hours:,.3g} {'GPU' if gpu else 'worker'}-hours at an assumed "
-              f"{throughput:,.0f} samples/s per {'GPU' if gpu else 'worker'} (--assume-throughput)")
+        from cist_bench.engine.cost import estimate, load_measurements
+
+        unit = "GPU" if any(r.resources.use_gpu for r in runs) else "worker"
+        est = estimate(list(runs), {r.run_id: suite.train_size(r) for r in runs}, load_measurements(measured),
+                       pack_size=suite.pack_size, assumed=throughput)
+        hours = (est.seconds + teacher / throughput) / 3600
+        assumed = f"{throughput:,.0f} samples/s per {unit} (--assume-throughput)"
+        if est.measured_runs:
+            print(f"  estimated compute: ≈{hours:,.3g} {unit}-hours: {est.measured_runs} of {len(runs)} runs from "
+                  f"the measured throughput of packs ({'; '.join(est.basis)}; scaled to each pair by its "
+                  f"training FLOPs per sample), {est.assumed_runs} runs and the teachers at an assumed {assumed}")
+        else:
+            print(f"  estimated compute: ≈{hours:,.3g} {unit}-hours at an assumed {assumed}; no pack "
+                  f"throughput measured for these runs' device (benchmarks/packs.py writes it)")
     else:
         print("  estimated compute: unknown (a training-set size is only known once its data loads)")
     print(f"  report roles: proposed {suite.roles.proposed}, reference {suite.roles.reference}, "
@@ -86,7 +96,7 @@ def _roles(suite: Any) -> dict[str, str]:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     suite = _load(args)
-    _print_plan(suite, args.assume_throughput)
+    _print_plan(suite, args.assume_throughput, args.throughput_from)
     print("ok")
     return EXIT_OK
 
@@ -103,7 +113,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:
-        _print_plan(suite, args.assume_throughput)
+        _print_plan(suite, args.assume_throughput, args.throughput_from)
         if tuned:
             s = suite.search
             print(f"  protocol: tune first ({len(s.groups)} (task, pair, method) × {s.num_samples} trials, "
@@ -317,7 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a suite value, e.g. --set train.optimizer.lr=1e-3 (repeatable)")
         p.add_argument("--assume-throughput", type=float, default=DEFAULT_ASSUMED_THROUGHPUT,
-                       help="samples/s per worker used for the compute estimate")
+                       help="samples/s per worker for the compute estimate of runs no pack measurement "
+                            "applies to (and of teachers)")
+        p.add_argument("--throughput-from", type=Path, default=None, metavar="JSON",
+                       help="pack throughput measured by benchmarks/packs.py (default: the checkout's "
+                            "reports/perf-packs.json)")
 
     def ray_args(p: argparse.ArgumentParser, what: str) -> None:
         p.add_argument("--address", default=None,
@@ -344,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="runs of one task, teacher, student and recipe shape in one trial: one after "
                           "another (sequential) or trained together, one stacked forward/backward (fused, "
                           "where the student allows; else sequential); auto: sequential for single-worker "
-                          "CPU runs, fused for single-worker GPU runs; off: one trial per run (default: the "
-                          "suite's `pack`)")
+                          "CPU runs, fused for single-worker GPU runs (the default); off: one trial per run "
+                          "(default: the suite's `pack`)")
     run.add_argument("--pack-size", type=int, default=None, help="the most runs in one pack (default 8)")
     run.add_argument("--report", default=None, help="report path (default reports/<suite>.md)")
     run.add_argument("--no-report", action="store_true", help="do not write the report")

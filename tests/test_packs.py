@@ -126,3 +126,40 @@ def test_a_fused_pack_keeps_finished_members_and_fails_a_nan_member_alone(tmp_pa
     again = _fused_campaign(tmp_path / "a", members)
     assert (again.skipped, again.failed) == (3, 1)
     assert {k: store.get(k).finished for k in finished} == finished
+
+
+def test_dry_run_estimates_from_measured_pack_throughput(tmp_path, capsys) -> None:
+    from cist_bench.engine.cost import estimate, train_flops
+    from cist_bench.spec import LossSpec, ResourceSpec, RunSpec, TaskSpec, TeacherSpec, TrainSpec
+
+    measured = {"cuda": {"device": "a GPU", "teacher": "resnet8", "student": "resnet8",
+                         "rows": [{"mode": "one run per process", "n": 1, "teacher": "online",
+                                   "samples_per_s": 50.0},
+                                  {"mode": "fused pack", "n": 8, "teacher": "online", "samples_per_s": 1000.0},
+                                  {"mode": "fused pack", "n": 40, "teacher": "online", "samples_per_s": 4000.0}]}}
+
+    def run(student: str, gpu: bool = True) -> RunSpec:
+        teacher = TeacherSpec(model=ModelSpec("resnet8"), checkpoint="t.pt")
+        return RunSpec(task=TaskSpec("cifar100"), student=ModelSpec(student), loss=LossSpec("kd"),
+                       train=TrainSpec(epochs=2), teacher=teacher, resources=ResourceSpec(use_gpu=gpu))
+
+    same, bigger, cpu = run("resnet8"), run("resnet20"), run("resnet8", gpu=False)
+    sizes = {r.run_id: 1000 for r in (same, bigger, cpu)}
+    est = estimate([same], sizes, measured, pack_size=8, assumed=10.0)
+    assert est.measured_runs == 1 and est.seconds == pytest.approx(2000 / 1000.0)  # the pack of 8, not 40
+    assert est.basis and "fused pack of 8" in est.basis[0]
+    ratio = train_flops(ModelSpec("resnet20"), ModelSpec("resnet8"), TaskSpec("cifar100"), online=True) / \
+        train_flops(ModelSpec("resnet8"), ModelSpec("resnet8"), TaskSpec("cifar100"), online=True)
+    assert ratio > 1.5  # resnet20 has ~2.5x resnet8's FLOPs
+    assert estimate([bigger], sizes, measured, pack_size=40, assumed=10.0).seconds == \
+        pytest.approx(2000 / 4000.0 * ratio)
+    no_row = estimate([cpu], sizes, measured, pack_size=8, assumed=10.0)  # no CPU measurement: assumed
+    assert (no_row.measured_runs, no_row.assumed_runs, no_row.seconds) == (0, 1, pytest.approx(200.0))
+    # the plan printed by validate and --dry-run says what the estimate rests on
+    path = tmp_path / "perf.json"
+    path.write_text(json.dumps({"cpu": {**measured["cuda"], "device": "this CPU"}}))
+    assert main(["validate", str(SMOKE), "--throughput-from", str(path)]) == 0  # sizes known: data loaded
+    out = capsys.readouterr().out
+    # smoke's digits runs, scaled from the measured pair by FLOPs; its teacher at the assumption
+    assert "6 of 6 runs from the measured throughput of packs" in out and "this CPU" in out
+    assert "teachers at an assumed" in out

@@ -75,6 +75,25 @@ def test_views_are_the_draws_of_the_augmentation() -> None:
     assert not IndexedDataset(ds).views
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no GPU here"))])
+def test_data_on_the_device_draws_and_renders_the_same_batches(device) -> None:
+    """``on(device)``: the images live there and are cropped/flipped/normalised there; the
+    random draws are the CPU's, so the batches equal the ones made on the CPU."""
+    ds = _dataset()
+    there = ds.on(device)
+    assert there.images.device.type == device and ds.images.device.type == "cpu"
+    for draw in (lambda d: d.__getitems__(list(range(len(d)))), lambda d: d.getitems_with_views([5, 0, 3])):
+        torch.manual_seed(4)
+        a = draw(ds)
+        torch.manual_seed(4)
+        b = draw(there)
+        for ra, rb in zip(a, b, strict=True):
+            assert rb[0].device.type == device
+            assert torch.allclose(ra[0], rb[0].cpu(), atol=1e-6) and ra[1:] == rb[1:]
+    assert torch.allclose(ds.view_batch([1, 2], 7), there.view_batch([1, 2], 7).cpu(), atol=1e-6)
+
+
 def test_per_view_cache_returns_the_online_teacher_logits_for_every_view() -> None:
     ds = _dataset(n=5)
     teacher = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 7)).eval()

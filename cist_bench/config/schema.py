@@ -166,10 +166,11 @@ class SuiteFile:
     """runs at once (the CLI may override)"""
     executor: Str = "auto"
     """how runs execute on Ray: auto, or a registered executor (local, train)"""
-    pack: Literal["auto", "off", "sequential", "fused"] = "off"
+    pack: Literal["auto", "off", "sequential", "fused"] = "auto"
     """runs of one task, teacher, student and recipe shape in one trial: one after another
-    (sequential) or in one stacked forward/backward (fused, where the student allows); auto:
-    sequential for single-worker CPU runs, fused for single-worker GPU runs; off: a trial per run"""
+    (sequential) or in one stacked forward/backward (fused, where the student allows); auto (the
+    default): sequential for single-worker CPU runs, fused for single-worker GPU runs; off: a
+    trial per run"""
     pack_size: PositiveInt = 8
     """the most runs in one pack"""
     train: TrainSpec = dataclasses.field(default_factory=TrainSpec)

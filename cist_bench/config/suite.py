@@ -69,7 +69,7 @@ class Suite:
     seeds: tuple[int, ...]
     max_concurrent: int | None
     executor: str
-    pack: str = "off"
+    pack: str = "auto"
     pack_size: int = 8
     roles: ReportRoles = field(default_factory=ReportRoles)
     #: the merged mapping after includes and overrides (as validated)
@@ -99,6 +99,10 @@ class Suite:
             if all(run.loss.hparams.get(k) == v for k, v in source["hparams"].items()):
                 out[run.run_id] = source
         return out
+
+    def train_size(self, run: RunSpec) -> int | None:
+        """Training examples per epoch of ``run``'s task (None where unknown until its data loads)."""
+        return self._train_sizes.get(spec_id(run.task))
 
     def plan(self) -> dict[str, Any]:
         """Counts, distinct teacher recipes and a rough compute estimate (example-epochs)."""

@@ -22,6 +22,7 @@ unknown key raises :class:`~cist_bench.errors.UnknownNameError`, a wrong type
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import logging
 import numbers
@@ -302,10 +303,19 @@ class TensorImageDataset(Dataset):
             return 1
         return (2 * self.pad + 1) ** 2 * (2 if self.flip else 1)
 
+    def on(self, device: torch.device | str) -> TensorImageDataset:
+        """This split with its images on ``device`` (a GPU: the data on the device): crops, flips
+        and normalisation then run there on whole batches, the random draws stay on the CPU (the
+        same numbers in the same order), and no loader workers are needed."""
+        out = copy.copy(self)
+        out.images = self.images.to(device)
+        out._a, out._b = self._a.to(device), self._b.to(device)
+        return out
+
     def _batch(self, positions: torch.Tensor, *, views: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         src = self._index_t[positions]
-        x = self.images[src]
+        x = self.images[src.to(self.images.device)]
         view = None
         if self.augment:
             oy, ox, flipped = self._draw_views(x.shape[0])
@@ -329,14 +339,15 @@ class TensorImageDataset(Dataset):
     def _crop_flip(self, x: torch.Tensor, oy: torch.Tensor | None, ox: torch.Tensor | None,
                    flipped: torch.Tensor | None) -> torch.Tensor:
         b, c, h, w = x.shape
+        dev = x.device
         if oy is not None and ox is not None:
             padded = F.pad(x, (self.pad, self.pad, self.pad, self.pad))
-            rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
-            cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
-            x = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None],
-                       rows, cols]
+            rows = (oy.to(dev)[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+            cols = (ox.to(dev)[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+            x = padded[torch.arange(b, device=dev)[:, None, None, None],
+                       torch.arange(c, device=dev)[None, :, None, None], rows, cols]
         if flipped is not None:
-            x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
+            x = torch.where(flipped.to(dev)[:, None, None, None], x.flip(-1), x)
         return x
 
     def _view_ids(self, oy: torch.Tensor | None, ox: torch.Tensor | None,
@@ -360,7 +371,7 @@ class TensorImageDataset(Dataset):
     def view_batch(self, positions: Sequence[int] | torch.Tensor, view: int) -> torch.Tensor:
         """The images at ``positions`` rendered in view ``view``, normalised (no RNG used)."""
         positions = torch.as_tensor(positions, dtype=torch.int64)
-        x = self.images[self._index_t[positions]]
+        x = self.images[self._index_t[positions].to(self.images.device)]
         if self.augment:
             oy, ox, flipped = self.view_params(view)
             b = x.shape[0]

@@ -88,8 +88,10 @@ def make_loader(dataset: Dataset, batch_size: int, sampler: ShardSampler, worker
     """``private_rng``: draw the loader's seed from its own generator, so that evaluation (or
     a cache being filled on first use) never shifts the training stream of random numbers.
     ``views``: indices address the per-view teacher cache (:class:`IndexedDataset`)."""
+    images = getattr(dataset, "images", None)
+    on_device = isinstance(images, torch.Tensor) and images.device.type != "cpu"  # nothing to pin
     return DataLoader(IndexedDataset(dataset, views=views), batch_size=batch_size, sampler=sampler,
-                      num_workers=workers, pin_memory=device.type == "cuda",
+                      num_workers=workers, pin_memory=device.type == "cuda" and not on_device,
                       persistent_workers=workers > 0,
                       generator=torch.Generator().manual_seed(0) if private_rng else None)
 

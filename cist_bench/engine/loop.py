@@ -241,6 +241,8 @@ class RunState:
 
         self.sampler = ShardSampler(len(train_set), info, shuffle=True, seed=spec.seed)
         views = self.teacher_runtime is not None and self.teacher_runtime.view_cache
+        if device.type == "cuda" and train_cfg.loader_workers == 0 and callable(getattr(train_set, "on", None)):
+            train_set = train_set.on(device)  # uint8 images on the GPU, augmented there in batches
         self.loader = make_loader(train_set, train_cfg.batch_size, self.sampler, train_cfg.loader_workers,
                                   device, views=views)
         self.train_seconds = sum(h["train_seconds"] for h in self.history)

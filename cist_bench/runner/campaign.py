@@ -98,8 +98,9 @@ def _pack(members: list[Unit], mode: str) -> Unit:
 
 def make_packs(units: list[Unit], mode: str = "auto", size: int = 8) -> list[Unit]:
     """Group ``units`` into packs of at most ``size`` runs that share :func:`pack_key`, in the
-    order of their first run, a group split into packs of equal sizes (21 runs, size 8: 7, 7, 7). ``sequential``: every unit may be packed, members run one after
-    another; ``fused``: members train together in one stacked forward/backward where they can
+    order of their first run, a group split into packs of equal sizes (21 runs, size 8: 7, 7,
+    7). ``sequential``: every unit may be packed, members run one after another; ``fused``:
+    members train together in one stacked forward/backward where they can
     (:func:`~cist_bench.engine.fused.fusion_problem`), else sequentially; ``auto``: sequential
     packs of single-worker CPU runs, fused packs of single-worker GPU runs; ``off``: none. A
     group of one stays a plain unit."""
@@ -138,7 +139,7 @@ def run_campaign(runs: list[RunSpec], output: str | Path, *, suite: str = "campa
                  storage: str | None = None, keep_ray: bool = False,
                  roles: dict[str, str] | None = None,
                  progress_interval: float = PROGRESS_INTERVAL_S,
-                 sources: dict[str, dict[str, Any]] | None = None, pack: str = "off",
+                 sources: dict[str, dict[str, Any]] | None = None, pack: str = "auto",
                  pack_size: int = 8) -> CampaignResult:
     """Run every run not yet recorded ok; return counts. Ray starts (or is joined) here.
 
