@@ -83,6 +83,7 @@ def test_data_on_the_device_draws_and_renders_the_same_batches(device) -> None:
     ds = _dataset()
     there = ds.on(device)
     assert there.images.device.type == device and ds.images.device.type == "cpu"
+    assert ds.on(device) is there  # one copy per device, shared by the members of a pack
     for draw in (lambda d: d.__getitems__(list(range(len(d)))), lambda d: d.getitems_with_views([5, 0, 3])):
         torch.manual_seed(4)
         a = draw(ds)

@@ -306,11 +306,19 @@ class TensorImageDataset(Dataset):
     def on(self, device: torch.device | str) -> TensorImageDataset:
         """This split with its images on ``device`` (a GPU: the data on the device): crops, flips
         and normalisation then run there on whole batches, the random draws stay on the CPU (the
-        same numbers in the same order), and no loader workers are needed."""
-        out = copy.copy(self)
-        out.images = self.images.to(device)
-        out._a, out._b = self._a.to(device), self._b.to(device)
-        return out
+        same numbers in the same order), and no loader workers are needed. The copy is made once
+        per device: the members of a pack, which share this split, share its images there."""
+        device = torch.device(device)
+        if self.images.device == device:
+            return self
+        copies = self.__dict__.setdefault("_on_device", {})
+        if device not in copies:
+            out = copy.copy(self)
+            out.images = self.images.to(device)
+            out._a, out._b = self._a.to(device), self._b.to(device)
+            out._on_device = {}
+            copies[device] = out
+        return copies[device]
 
     def _batch(self, positions: torch.Tensor, *, views: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
