@@ -120,6 +120,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                   f"seed {s.train_seed}, validation only), then every run above with the winners")
         print("  (dry run: data availability not checked; `cist-bench validate` checks it)")
         return EXIT_OK
+    if _output_is_uri(args):
+        return EXIT_BAD_INPUT
     from cist_bench.runner.campaign import run_campaign
     from cist_bench.runner.cluster import shutdown_ray
 
@@ -157,6 +159,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_FAILED_RUNS if result.failed else EXIT_OK
 
 
+def _output_is_uri(args: argparse.Namespace) -> bool:
+    """``--output`` is the driver's own folder: a URI there is refused (it belongs in --storage)."""
+    from cist_bench.storage import is_uri
+
+    if args.output and is_uri(args.output):
+        print(f"error: --output {args.output}: the output is the driver's own folder (records, report, Tune "
+              "state; trials reach it through Ray, so it never needs to be shared): give a local path, and the "
+              "URI as --storage (teachers, teacher outputs, checkpoints)", file=sys.stderr)
+        return True
+    return False
+
+
 #: where the tuned-then-run protocol keeps its search, under the run's output
 SEARCH_SUBDIR = "search"
 
@@ -166,6 +180,7 @@ def _tune_then_plan(args: argparse.Namespace, suite: Any, output: Path) -> tuple
     suite again with the winners applied (``hparams_from``). Returns the final suite, run id →
     hyperparameter source, and an exit code when it cannot go on."""
     from cist_bench.config import SuiteError, load_suite
+    from cist_bench.runner.experiment import storage_roots
     from cist_bench.runner.search import BEST_FILE, PLAN_FILE, SearchError, run_search
 
     plan = suite.search
@@ -177,7 +192,8 @@ def _tune_then_plan(args: argparse.Namespace, suite: Any, output: Path) -> tuple
         result = run_search(plan, folder, executor=args.executor or suite.executor, address=args.address,
                             resume=(folder / PLAN_FILE).is_file(), max_concurrent=args.max_concurrent,
                             num_cpus=args.num_cpus, max_failures=args.max_failures,
-                            cache_root=output / "teachers_cache", storage=args.storage, roles=_roles(suite),
+                            cache_root=storage_roots(output.resolve(), args.storage)[1],  # the runs' teachers
+                            storage=args.storage, roles=_roles(suite),
                             suite_file=str(suite.path), progress_interval=args.progress_interval,
                             keep_ray=True)
     except SearchError as err:
@@ -214,6 +230,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         print(f"  {g.describe()}: {g.space.to_data()} → {g.metric} ({g.mode})", file=sys.stderr)
     if args.dry_run:
         return EXIT_OK
+    if _output_is_uri(args):
+        return EXIT_BAD_INPUT
     from cist_bench.runner.search import SearchError, run_search
 
     output = Path(args.output or Path("outputs") / plan.name)
@@ -336,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     def ray_args(p: argparse.ArgumentParser, what: str) -> None:
         p.add_argument("--address", default=None,
                        help="Ray cluster address (or RAY_ADDRESS); default: start a local Ray")
-        p.add_argument("--output", default=None, help=f"{what} directory (default outputs/<suite>)")
+        p.add_argument("--output", default=None,
+                       help=f"{what} directory on the driver (default outputs/<suite>): records, report, Tune "
+                            "state; never needs to be shared")
         p.add_argument("--max-concurrent", type=int, default=None, help="trials at once")
         p.add_argument("--executor", default=None,
                        help="auto (default): Ray Train for multi-worker/GPU runs, the trial process for "
@@ -344,8 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-failures", type=int, default=1,
                        help="restarts of a crashed run (from its checkpoint) before it is failed")
         p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
-        p.add_argument("--storage", default=None,
-                       help="Ray Train storage path/URI (shared storage on multi-node clusters)")
+        p.add_argument("--storage", default=None, metavar="PATH_OR_URI",
+                       help="where teachers, teacher outputs and resumable checkpoints live (default: the "
+                            "output): a path, an NFS path every node mounts, or a URI (s3://bucket/prefix, "
+                            "gs://…, with options such as ?endpoint_override=host:port); without shared "
+                            "storage a multi-node campaign still loses nothing (records and teachers travel "
+                            "through Ray) but cannot use Ray Train")
         p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
         p.add_argument("--progress-interval", type=float, default=15.0, metavar="SECONDS",
                        help="seconds between the progress lines about the trials in flight (epoch k/N and "

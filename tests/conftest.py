@@ -16,6 +16,10 @@ SESSION_MARK = "CIST_BENCH_TEST_SESSION"
 os.environ.setdefault(SESSION_MARK, uuid.uuid4().hex)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+# every Ray of the tests on 127.0.0.1 and nothing else (Ray reads this when it is imported:
+# with it, 127.0.0.1 is not rewritten to the machine's interface address; shared/RAY.md §7)
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def _marked_processes() -> list[int]:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -416,7 +419,23 @@ def test_a_search_of_data_parallel_trials_runs_on_ray_train_inside_tune(tmp_path
     from cist_bench.runner.search import run_search
 
     suite = load_suite(write(tmp_path, DP_SUITE), need_search=True)
-    result = run_search(suite.search, tmp_path / "out", executor=suite.executor, num_cpus=2)
+    # a machine where an old `ray start` left "the current cluster" behind: Ray Train's helpers
+    # must not look for this campaign's Ray there (they did, and the second Train run waited forever)
+    root = Path(tempfile.mkdtemp(prefix="st-", dir="/tmp"))  # short: Ray's sockets live below it
+    (root / "ray").mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        (root / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{s.getsockname()[1]}")  # nothing there
+    old = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = str(root)
+    try:
+        result = run_search(suite.search, tmp_path / "out", executor=suite.executor, num_cpus=2)
+    finally:
+        if old is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = old
+        shutil.rmtree(root, ignore_errors=True)
     records = _records(tmp_path / "out")
     assert len(records) == 2 and result.failed == 0
     for r in records.values():

@@ -15,7 +15,8 @@ when a value comes from an included file, that file is named. Nothing here start
 (deep merge, the right-hand side wins). A run's hyperparameters are ``method.hparams <
 pair.hparams[label]`` (``hparams_from`` writes into the latter). A recipe teacher's ``train`` is
 its own full recipe, merged over ``suite.train`` only; it trains on the run's task unless the
-teacher gives its own ``task``. A ``checkpoint`` teacher's path is relative to the file that
+teacher gives its own ``task``. A task's relative ``data_root`` is resolved against the folder of
+the file that sets it, when the suite loads. A ``checkpoint`` teacher's path is relative to the file that
 names it and is stored resolved; its optional ``sha256`` is checked against the file now.
 
 **Run ids** hash the fully resolved spec (:mod:`~cist_bench.config.resolve`): every loss
@@ -339,6 +340,12 @@ class _Builder:
     def task_spec(self, name: str, options: Mapping[str, Any], loc: Loc, options_loc: Loc) -> TaskSpec:
         if name not in TASKS:
             self.fail(loc, f"unknown task {name!r}; {did_you_mean(name, TASKS.names())}")
+        root = options.get("data_root")
+        if isinstance(root, str) and root and not root.startswith("~") and not Path(root).is_absolute():
+            # relative to the file that sets it, as a checkpoint's path: a trial's working
+            # directory is Ray's, on whichever node it runs ("~" stays: each node's own home)
+            base = self.origins.lookup((*options_loc, "data_root"), self.path).parent
+            options = {**options, "data_root": str((base / root).resolve())}
         try:
             task = create_task(name, **options)
         except (ConfigError, ValueError, TypeError) as exc:

@@ -21,16 +21,12 @@ unknown key raises :class:`~cist_bench.errors.UnknownNameError`, a wrong type
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import fcntl
 import logging
 import numbers
 import os
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -195,46 +191,6 @@ def subsample_test(n: int, test_size: int | None) -> np.ndarray:
             f"task option test_size={test_size} exceeds the {n} test samples", field="test_size"
         )
     return np.sort(seeded_permutation(n, TEST_SUBSAMPLE_SEED)[:test_size])
-
-
-# --------------------------------------------------------------------------------------------
-# Cache directory
-# --------------------------------------------------------------------------------------------
-
-
-def cache_dir(create: bool = True) -> Path:
-    """``$CIST_BENCH_CACHE`` or ``~/.cache/cist_bench`` (created unless ``create=False``)."""
-    path = Path(os.environ.get("CIST_BENCH_CACHE") or Path.home() / ".cache" / "cist_bench")
-    if create:
-        path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (POSIX ``flock``) held for the ``with`` block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that concurrent readers see the whole file or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX: parallel workers race harmlessly
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -565,6 +521,15 @@ class Task:
 
     def _build_splits(self) -> dict[str, Dataset]:
         raise NotImplementedError
+
+    def check_data(self) -> None:
+        """Raise :class:`~cist_bench.errors.DataNotFoundError` (saying how to get the data) when
+        this task's data is not where its options say, on this machine. By default the splits
+        are built; a task whose full load is slow checks its files instead. A task that may
+        download its data is not checked."""
+        if self.options.get("download"):
+            return
+        self.splits()
 
     def extra_test_splits(self) -> dict[str, Dataset]:
         """More held-out test sets, by name, evaluated with the selected weights (default none)."""

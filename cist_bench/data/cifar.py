@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cist_bench.data.base import Option, VisionTask, cache_dir, register_task
+from cist_bench.data.base import Option, VisionTask, register_task
 from cist_bench.errors import DataNotFoundError
+from cist_bench.storage import cache_dir
 
 logger = logging.getLogger(__name__)
 

@@ -106,6 +106,11 @@ class ImageNetTask(VisionTask):
             head = [T.Resize(round(size * 256 / 224)), T.CenterCrop(size)]
         return T.Compose([*head, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
+    def check_data(self) -> None:
+        """The folders and their classes, not the 1.28 M files (a node's start-up check)."""
+        if not self._classes:  # pragma: no cover - _classes raises when there are none
+            raise DataNotFoundError(f"no class folders: {INSTALL_HINT}")
+
     def _build_splits(self) -> dict[str, Dataset]:
         root = _check_root(self.options["data_root"])
         train_folder = scan_folder(str(root / "train"))

@@ -49,14 +49,13 @@ from torch.utils.data import Dataset
 from cist_bench.data.base import (
     LanguageModelingTask,
     Option,
-    atomic_write_bytes,
-    cache_dir,
     positive_int,
     register_task,
     seeded_permutation,
     subsample_test,
 )
 from cist_bench.errors import ConfigError, DataNotFoundError
+from cist_bench.storage import atomic_write_bytes, cache_dir
 
 logger = logging.getLogger(__name__)
 

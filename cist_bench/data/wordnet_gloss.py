@@ -39,8 +39,6 @@ from cist_bench.data.base import (
     Option,
     Task,
     TaskKind,
-    atomic_write_bytes,
-    cache_dir,
     carve_validation,
     register_task,
     seeded_permutation,
@@ -48,6 +46,7 @@ from cist_bench.data.base import (
 )
 from cist_bench.data.metrics import ClassificationAccumulator
 from cist_bench.errors import DataNotFoundError
+from cist_bench.storage import atomic_write_bytes, cache_dir
 
 logger = logging.getLogger(__name__)
 

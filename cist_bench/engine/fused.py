@@ -31,7 +31,6 @@ import contextlib
 import copy
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -43,7 +42,7 @@ from cist_bench.engine.batches import amp_context, build_model, resolve_device
 from cist_bench.engine.distributed import DistInfo
 from cist_bench.engine.loop import Hooks, RunFailedError, RunState
 from cist_bench.engine.outcome import Outcome
-from cist_bench.engine.teacher import LoadedTeacher, TeacherRuntime
+from cist_bench.engine.teacher import CacheRoot, LoadedTeacher, TeacherRuntime
 from cist_bench.spec import RunSpec, to_dict
 
 
@@ -119,7 +118,7 @@ class _Stack:
 
 
 def train_fused(specs: Sequence[RunSpec], hooks: Sequence[Hooks], *, teacher: LoadedTeacher | None = None,
-                cache_root: Path | None = None, task: Task | None = None,
+                cache_root: CacheRoot = None, task: Task | None = None,
                 test: bool = True) -> list[Outcome | RunFailedError]:
     """Train ``specs`` as one fused pack; each member's outcome (or the error it failed with),
     in order. Each member's checkpoints and reports go through its own ``hooks``, as in

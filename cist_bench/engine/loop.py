@@ -18,7 +18,6 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,7 +41,7 @@ from cist_bench.engine.optim import build_optimizer, build_scheduler
 from cist_bench.engine.outcome import Outcome
 from cist_bench.engine.seeding import seed_everything
 from cist_bench.engine.stats import StatsAccumulator
-from cist_bench.engine.teacher import LoadedTeacher, TeacherRuntime, load_teacher
+from cist_bench.engine.teacher import CacheRoot, LoadedTeacher, TeacherRuntime, load_teacher
 from cist_bench.losses import DistillationLoss, create_loss
 from cist_bench.models.init import init_from_teacher
 from cist_bench.spec import RunSpec, TrainSpec
@@ -170,7 +169,7 @@ class RunState:
     """
 
     def __init__(self, spec: RunSpec, hooks: Hooks, *, info: DistInfo, device: torch.device,
-                 teacher: LoadedTeacher | None = None, cache_root: Path | None = None,
+                 teacher: LoadedTeacher | None = None, cache_root: CacheRoot = None,
                  task: Task | None = None, runtime: TeacherRuntime | None = None) -> None:
         self.spec, self.hooks, self.info, self.device = spec, hooks, info, device
         self.cfg: TrainSpec = spec.train
@@ -395,7 +394,7 @@ class RunState:
 
 
 def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeacher | None = None,
-              cache_root: Path | None = None, task: Task | None = None,
+              cache_root: CacheRoot = None, task: Task | None = None,
               distributed: bool = True, test: bool = True) -> Outcome:
     """Train one run; return its :class:`~cist_bench.engine.outcome.Outcome`.
 

@@ -3,16 +3,18 @@
 * A **checkpoint** teacher is a state-dict file (``torch.save``), verified against its
   ``sha256`` when one is given (a mismatch is refused).
 * A **recipe** teacher (model + task + training recipe + seed) is trained once and cached
-  content-addressed under ``<cache_root>/teachers/<hash of the full recipe>/``. Training it, and
-  making several processes agree on who does, is the runner's part
-  (:mod:`cist_bench.runner.teachers`); the engine only loads a trained one.
+  content-addressed under ``teachers/<hash of the full recipe>/`` of an artefact store (a path
+  or URI, :class:`~cist_bench.storage.ArtifactStore`). Training it, and making several
+  processes agree on who does, is the runner's part (:mod:`cist_bench.runner.teachers`); the
+  engine only loads a trained one.
 * A **pretrained** teacher is a model whose builder loads its own weights.
 * :class:`TeacherRuntime` serves teacher logits to the engine through the frozen wrapper
   (:class:`~cist_bench.models.frozen.FrozenTeacher`). For inputs without random augmentation
   (evaluation splits, language tasks, vision runs with ``augment: false``) the logits are
-  computed once per (teacher, task, split) and reused by every student run, in memory and on
-  disk. Large vocabularies keep the top-k logits plus the log-normaliser and are densified on
-  use (see :func:`densify_topk`).
+  computed once per (teacher, task, split) and reused by every student run, in memory and in
+  the artefact store (once per cluster on shared storage, else once per node). Large
+  vocabularies keep the top-k logits plus the log-normaliser and are densified on use (see
+  :func:`densify_topk`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 from torch import nn
 
 from cist_bench.data import create_task
-from cist_bench.data.base import Task, atomic_write_bytes, cache_dir, file_lock
+from cist_bench.data.base import Task
 from cist_bench.engine.batches import IndexedDataset, amp_context, build_model, to_device
 from cist_bench.engine.distributed import DistInfo, ShardSampler
 from cist_bench.engine.generation import evaluate_generations
@@ -37,6 +39,7 @@ from cist_bench.engine.outcome import Outcome
 from cist_bench.losses import resolve_hparams
 from cist_bench.models.frozen import FrozenTeacher
 from cist_bench.spec import LossSpec, RunSpec, TaskSpec, TeacherSpec, spec_id, to_dict
+from cist_bench.storage import ArtifactStore, as_store
 
 logger = logging.getLogger(__name__)
 
@@ -101,27 +104,34 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def recipe_folder(spec: TeacherSpec, run_task: TaskSpec, cache_root: Path | None) -> Path:
-    """Where a recipe teacher lives: ``<cache_root>/teachers/<hash of the full recipe>``."""
-    return (cache_root or cache_dir()) / "teachers" / recipe_run_spec(spec, run_task).run_id
+CacheRoot = ArtifactStore | str | Path | None
 
 
-def is_trained(spec: TeacherSpec, run_task: TaskSpec, cache_root: Path | None) -> bool:
+def recipe_key(spec: TeacherSpec, run_task: TaskSpec) -> str:
+    """Where a recipe teacher lives in the artefact store: ``teachers/<hash of the full recipe>``."""
+    return f"teachers/{recipe_run_spec(spec, run_task).run_id}"
+
+
+def is_trained(spec: TeacherSpec, run_task: TaskSpec, cache_root: CacheRoot) -> bool:
+    """Whether the teacher is ready to load, in the storage this process sees."""
     return spec.checkpoint is not None or spec.pretrained or \
-        (recipe_folder(spec, run_task, cache_root) / WEIGHTS_FILE).is_file()
+        as_store(cache_root).has(f"{recipe_key(spec, run_task)}/{WEIGHTS_FILE}")
 
 
-def store_recipe_teacher(folder: Path, run: RunSpec, outcome: Outcome, seconds: float) -> None:
-    """Write a trained recipe teacher (weights last: their presence marks it done)."""
+def store_recipe_teacher(cache_root: CacheRoot, spec: TeacherSpec, run_task: TaskSpec, run: RunSpec,
+                         outcome: Outcome, seconds: float) -> None:
+    """Write a trained recipe teacher (weights last: their presence marks it done); shared with
+    the nodes that do not see this storage."""
+    store, key = as_store(cache_root), recipe_key(spec, run_task)
     meta = {"spec": to_dict(run), "metrics": outcome.metrics, "primary_metric": outcome.primary_metric,
             "selected_epoch": outcome.selected_epoch, "train_seconds": seconds,
             "params": outcome.student_params, "world_size": outcome.world_size}
-    atomic_write_bytes(folder / META_FILE, json.dumps(meta, indent=1).encode())
-    atomic_write_bytes(folder / WEIGHTS_FILE, outcome.best_state)
+    store.put(f"{key}/{META_FILE}", json.dumps(meta, indent=1).encode())
+    store.put(f"{key}/{WEIGHTS_FILE}", outcome.best_state)
     logger.info("teacher %s: test %s", run.run_id, outcome.metrics["test"])
 
 
-def load_teacher(spec: TeacherSpec, run_task: TaskSpec, *, cache_root: Path | None = None) -> LoadedTeacher:
+def load_teacher(spec: TeacherSpec, run_task: TaskSpec, *, cache_root: CacheRoot = None) -> LoadedTeacher:
     """A checkpoint (checksum verified), pretrained, or already trained recipe teacher, as a CPU
     module. A recipe that is not trained yet raises :class:`TeacherError` (the runner trains it:
     :func:`cist_bench.runner.teachers.ensure_teacher`)."""
@@ -142,14 +152,15 @@ def load_teacher(spec: TeacherSpec, run_task: TaskSpec, *, cache_root: Path | No
         return LoadedTeacher(model, tid, task_spec)
     if spec.pretrained:  # the model builder loads its own weights (e.g. a Hugging Face model)
         return LoadedTeacher(build_model(spec.model, task), tid, task_spec)
-    folder = recipe_folder(spec, run_task, cache_root)
-    if not (folder / WEIGHTS_FILE).is_file():
+    store, key = as_store(cache_root), recipe_key(spec, run_task)
+    weights = store.local_file(f"{key}/{WEIGHTS_FILE}")
+    if weights is None:
         raise TeacherError(f"teacher {tid} ({spec.model.name} on {task_spec.name}) is not trained yet "
-                           f"(no {folder / WEIGHTS_FILE})")
+                           f"(no {key}/{WEIGHTS_FILE} in {store.storage})")
     model = build_model(spec.model, task)
-    model.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
-    meta_path = folder / META_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    meta_bytes = store.read_bytes(f"{key}/{META_FILE}")
+    meta = json.loads(meta_bytes) if meta_bytes else {}
     return LoadedTeacher(model, tid, task_spec, meta.get("metrics"))
 
 
@@ -208,7 +219,7 @@ class TeacherRuntime:
     (image, view) for the training split of an augmented tensor task with ``cache_views``)."""
 
     def __init__(self, loaded: LoadedTeacher, task: Task, spec: TeacherSpec, run_task: TaskSpec, *,
-                 device: torch.device, amp: str = "off", cache_root: Path | None = None,
+                 device: torch.device, amp: str = "off", cache_root: CacheRoot = None,
                  channels_last: bool = False) -> None:
         teacher_task = task
         if loaded.task != run_task:
@@ -221,7 +232,7 @@ class TeacherRuntime:
         self.channels_last = channels_last
         self.loaded, self.task, self.run_task = loaded, task, run_task
         self.device, self.amp = device, amp
-        self.cache_root = cache_root
+        self.store = as_store(cache_root)
         self.enabled = spec.cache_outputs
         self.topk = spec.output_topk
         self.dtype = getattr(torch, spec.cache_dtype)
@@ -254,26 +265,32 @@ class TeacherRuntime:
         return DEFAULT_TOPK if self.task.num_classes > DENSE_OUTPUT_LIMIT else None
 
     def _compute_split(self, split: str) -> Any:
-        folder = (self.cache_root or cache_dir()) / "teacher_outputs"
-        path = folder / f"{self._key(split)}.pt"
-        if path.is_file():
-            return torch.load(path, map_location="cpu", weights_only=True)
+        rel = f"teacher_outputs/{self._key(split)}.pt"
+        computed: list[Any] = []
+
+        def make() -> None:
+            computed.append(self._compute_split_now(split, rel))
+
         # one process computes it, the others of the same teacher and split wait and load it
         # (a per-view cache is V forwards per image: runs of a pair that start together must
-        # not each pay for it)
-        with file_lock((self.cache_root or cache_dir()) / "locks" / "teacher_outputs" / f"{path.stem}.lock"):
-            if path.is_file():
-                return torch.load(path, map_location="cpu", weights_only=True)
-            return self._compute_split_locked(split, path)
+        # not each pay for it); on unshared storage, once per node
+        self.store.run_once(rel, make, lambda: self.store.has(rel), scope="node")
+        if computed:
+            return computed[0]
+        path = self.store.local_file(rel, shared=False)
+        if path is None:
+            raise TeacherError(f"teacher outputs {rel} were computed elsewhere but are not in "
+                               f"{self.store.storage}")
+        return torch.load(path, map_location="cpu", weights_only=True)
 
-    def _compute_split_locked(self, split: str, path: Path) -> Any:
+    def _compute_split_now(self, split: str, rel: str) -> Any:
         dataset = self.task.splits()[split]
         if split == "train" and self.view_cache:
             out = per_view_logits(self.frozen, dataset, device=self.device, amp=self.amp, dtype=self.dtype,
                                   channels_last=self.channels_last)
             buf = io.BytesIO()
             torch.save(out, buf)
-            atomic_write_bytes(path, buf.getvalue())
+            self.store.put(rel, buf.getvalue(), share=False)
             return out
         loader = torch.utils.data.DataLoader(dataset, batch_size=512, shuffle=False,
                                              generator=torch.Generator().manual_seed(0))
@@ -289,7 +306,7 @@ class TeacherRuntime:
             out = torch.cat(chunks).cpu().to(self.dtype)
         buf = io.BytesIO()
         torch.save(out, buf)
-        atomic_write_bytes(path, buf.getvalue())
+        self.store.put(rel, buf.getvalue(), share=False)
         return out
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
@@ -318,20 +335,21 @@ class TeacherRuntime:
 
         For a task scored on generations the teacher answers every prompt too; those metrics
         are computed once per (teacher, task) and kept on disk beside the output cache."""
-        path = (self.cache_root or cache_dir()) / "teacher_outputs" / f"{self._key('metrics')}.json"
+        rel = f"teacher_outputs/{self._key('metrics')}.json"
         generates = self.task.generation_positions(self.task.splits()["test"], "test") is not None
-        if generates and path.is_file():
+        saved = self.store.read_bytes(rel, shared=False) if generates else None
+        if saved is not None:
             try:
-                return json.loads(path.read_text())
-            except (OSError, ValueError) as exc:  # damaged: measure again
-                logger.warning("ignoring unreadable teacher metrics %s (%s)", path, exc)
+                return json.loads(saved)
+            except ValueError as exc:  # damaged: measure again
+                logger.warning("ignoring unreadable teacher metrics %s (%s)", rel, exc)
         result = self._measure()
         if generates:
             for split in ("val", "test"):
                 scores, _ = evaluate_generations(self.frozen.model, self.task, self.task.splits()[split],
                                                  info=DistInfo(), device=self.device, split=split)
                 result[split] = {**scores, **result[split]}
-            atomic_write_bytes(path, json.dumps(result).encode())
+            self.store.put(rel, json.dumps(result).encode(), share=False)
         return result
 
     def _measure(self) -> dict[str, Any]:

@@ -38,7 +38,8 @@ from cist_bench.report.tables import (
     wtl_table,
 )
 from cist_bench.results import ReportRoles, RunRecord
-from cist_bench.results.store import atomic_write_text, record_json
+from cist_bench.results.store import record_json
+from cist_bench.storage import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import pandas as pd
 
 from cist_bench.report.fmt import MISSING, md_table, num, sig
 from cist_bench.results import RunRecord
-from cist_bench.results.store import atomic_write_text
+from cist_bench.storage import atomic_write_text
 
 #: the CIST hyperparameters shown first, in this order
 CIST_KEYS = ("tau_min", "tau_max", "ratio")

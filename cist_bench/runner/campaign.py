@@ -4,10 +4,14 @@
    whose record is ``ok`` (failed or missing ones are redone). Nothing else decides what is
    done, so a campaign killed at any instant (even SIGKILL) and started again loses nothing and
    never writes a run twice.
-2. Teachers: every recipe teacher the pending runs distil from is trained once, in parallel
-   jobs, into the content-addressed cache under ``<output>/teachers_cache`` (runs of
+2. Cluster: the start-up check (:func:`~cist_bench.runner.cluster.check_cluster`: every node's
+   cist_bench, data and view of the storage; refusals before anything trains) and the
+   campaign's ledger on this node — the only writer of ``<output>`` (records, models), which
+   trials on any node reach through Ray (:mod:`cist_bench.runner.ledger`).
+3. Teachers: every recipe teacher the pending runs distil from is trained once, in parallel
+   jobs, into the content-addressed cache under ``<storage>/teachers_cache`` (runs of
    teacher-free losses wait for none).
-3. Units: one Tune experiment over the grid of units (:mod:`cist_bench.runner.experiment`),
+4. Units: one Tune experiment over the grid of units (:mod:`cist_bench.runner.experiment`),
    ``max_concurrent_trials`` at once, each trial running :func:`~cist_bench.runner.trial.run_trial`
    — the same trial function as a search. Runs that need no teacher go first.
 """
@@ -31,13 +35,17 @@ from cist_bench.runner.executors import resolve_executor
 from cist_bench.runner.experiment import (
     PROGRESS_INTERVAL_S,
     Progress,
+    close_session,
     default_concurrency,
-    finish_teachers,
+    driver_output,
     grid,
     grid_errors,
+    open_session,
     planned_unit,
     reconcile,
+    reusable,
     start_teachers,
+    storage_roots,
     tuner,
     unit_resources,
 )
@@ -56,6 +64,10 @@ class CampaignResult:
     failed: int = 0
     wall_seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: the start-up check's verdict on the storage (shared or not, how many nodes)
+    storage_mode: str = ""
+    #: Ray nodes alive at start-up
+    nodes: int = 0
 
 
 #: how a campaign groups runs into trials (:func:`make_packs`)
@@ -140,17 +152,23 @@ def run_campaign(runs: list[RunSpec], output: str | Path, *, suite: str = "campa
                  roles: dict[str, str] | None = None,
                  progress_interval: float = PROGRESS_INTERVAL_S,
                  sources: dict[str, dict[str, Any]] | None = None, pack: str = "auto",
-                 pack_size: int = 8) -> CampaignResult:
+                 pack_size: int = 8, cache_root: str | None = None) -> CampaignResult:
     """Run every run not yet recorded ok; return counts. Ray starts (or is joined) here.
 
-    ``sources``: run id → where its loss hyperparameters came from (``HparamsSource`` as data,
-    e.g. a search's winner); runs not in it are ``fixed``. ``pack``/``pack_size``: how runs are
-    grouped into trials (:func:`make_packs`).
+    ``output``: the driver's folder (records, models, Tune state); ``storage``: a path or URI
+    for teachers (``cache_root``, default ``<storage>/teachers_cache``) and resumable
+    checkpoints, default the output folder. ``sources``: run id → where its loss
+    hyperparameters came from (``HparamsSource`` as data, e.g. a search's winner); runs not in
+    it are ``fixed``. ``pack``/``pack_size``: how runs are grouped into trials
+    (:func:`make_packs`).
 
-    Raises ``ValueError`` (before Ray starts) when a run's resources do not fit its executor.
+    Raises ``ValueError`` (before anything trains) when a run's resources do not fit its
+    executor, and :class:`~cist_bench.runner.cluster.ClusterCheckError` (a ``ValueError``) when
+    the cluster or the storage cannot run the campaign.
     """
     t0 = time.perf_counter()
-    output = Path(output).resolve()
+    output = driver_output(output)
+    storage, cache_root = storage_roots(output, storage, cache_root)
     runs = [resolve_run(r) for r in runs]
     if len({r.run_id for r in runs}) != len(runs):
         raise ValueError("the campaign contains duplicate runs (identical specs)")
@@ -166,12 +184,17 @@ def run_campaign(runs: list[RunSpec], output: str | Path, *, suite: str = "campa
     sources = sources or {}
     units = make_packs([Unit(r, resolve_executor(r.resources, executor), hparams_source=sources.get(r.run_id))
                         for r in pending], pack, pack_size)
-    ctx = Context(output=str(output), cache_root=str(output / "teachers_cache"),
-                  storage=storage or str(output / "ray" / "train"), suite=suite,
+    ctx = Context(output=str(output), cache_root=cache_root, storage=storage, suite=suite,
                   max_failures=max_failures, roles=roles or dataclasses.asdict(ReportRoles()))
     started_here = not ray.is_initialized()
     cluster = init_ray(address, num_cpus=num_cpus)
+    ledger = None
+    jobs = None
     try:
+        check, name, ledger = open_session(output, cache_root=cache_root, storage=storage, runs=pending,
+                                           executors={u.executor for u in units})
+        result.storage_mode, result.nodes = check.describe(), len(check.nodes)
+        ctx = dataclasses.replace(ctx, ledger=name, shared=check.shared)
         jobs = start_teachers(pending, {m.run_id: m.executor for u in units for m in u.member_units()}, ctx,
                               cluster)
         experiment = tuner(
@@ -179,11 +202,15 @@ def run_campaign(runs: list[RunSpec], output: str | Path, *, suite: str = "campa
             param_space=grid(units), resources=unit_resources(cluster),
             concurrency=default_concurrency(units, cluster, max_concurrent),
             callbacks=[Progress(str(output), suite, len(pending), interval=progress_interval)],
-            reuse_actors=True)  # no process start and torch import per run (≈3 s each on 2 cores)
+            reuse_actors=reusable(units))
         errors = grid_errors(experiment.fit(), planned_unit)
-        finish_teachers(jobs)
+        jobs.finish()
         reconcile(units, ctx, errors)
     finally:
+        if jobs is not None:
+            jobs.stop()
+        if ledger is not None:
+            close_session(ledger)
         if started_here and not keep_ray:
             shutdown_ray()
     for run in runs:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -19,17 +20,23 @@ from typing import Any
 import ray
 from ray import tune
 
+from cist_bench.engine.teacher import recipe_key
 from cist_bench.results import ResultStore
+from cist_bench.runner.cluster import ClusterCheck, ClusterCheckError, check_cluster
 from cist_bench.runner.executors import EXECUTORS
-from cist_bench.runner.teachers import clear_failure, lock_path, teachers_to_train, wait_for_locks
+from cist_bench.runner.ledger import lease_seconds, ledger_handle, start_ledger
+from cist_bench.runner.teachers import teachers_to_train
 from cist_bench.runner.trial import UNIT_KEY, run_trial, trial_index_of, trial_name
 from cist_bench.runner.unit import Context, Unit, is_final, write_record
-from cist_bench.spec import RunSpec
+from cist_bench.spec import RunSpec, TaskSpec, canonical_json, to_dict
+from cist_bench.storage import Storage, is_uri
 
 logger = logging.getLogger(__name__)
 
 #: seconds between two progress lines about the trials in flight (finished ones print at once)
 PROGRESS_INTERVAL_S = 15.0
+#: seconds the trials wait for the teacher jobs to get their resources before they start anyway
+JOB_START_TIMEOUT_S = 300.0
 
 
 def default_concurrency(units: Sequence[Unit], cluster: dict[str, Any], requested: int | None) -> int:
@@ -44,51 +51,135 @@ def default_concurrency(units: Sequence[Unit], cluster: dict[str, Any], requeste
     return max(1, int(cluster.get("CPU", 1) // max(res.cpus_per_worker * res.num_workers, 1e-9)))
 
 
+# ------------------------------------------------------------------------------ session
+
+
+def driver_output(output: str | Path) -> Path:
+    """``--output``: the driver's own folder (records, reports, Tune state), never a URI."""
+    if is_uri(output):
+        raise ValueError(f"--output {output}: the output is the driver's own folder (records, report, Tune "
+                         "state); give a local path, and the URI as --storage (teachers, checkpoints)")
+    return Path(output).resolve()
+
+
+def storage_roots(output: Path, storage: str | None, cache_root: str | None = None) -> tuple[str, str]:
+    """The storage root (default: the output folder) and the teachers' root in it (default
+    ``<storage>/teachers_cache``)."""
+    root = Storage(storage) if storage else Storage(output)
+    return root.uri, cache_root or root.uri_of("teachers_cache")
+
+
+
+def run_tasks(runs: Sequence[RunSpec]) -> list[TaskSpec]:
+    """Every task whose data the runs read: theirs and their teachers' own."""
+    tasks = [r.task for r in runs] + [r.teacher.task for r in runs if r.teacher is not None and r.teacher.task]
+    return list({canonical_json(to_dict(t)): t for t in tasks}.values())
+
+
+def open_session(output: Path, *, cache_root: str, storage: str, runs: Sequence[RunSpec],
+                 executors: set[str]) -> tuple[ClusterCheck, str, Any]:
+    """Before anything trains: the cluster's start-up check (refusals raise
+    :class:`~cist_bench.runner.cluster.ClusterCheckError`), the storage mode said, and the
+    campaign's ledger started on this (the driver's) node. Returns the check, the ledger's name
+    and its handle (:func:`close_session` stops it)."""
+    check = check_cluster([storage, cache_root], run_tasks(runs))
+    if check.multi_node and not check.shared and "train" in executors:
+        raise ClusterCheckError(
+            f"the train executor needs shared storage on a cluster of {len(check.nodes)} nodes (Ray Train "
+            f"keeps its checkpoints in its storage_path, and a worker group restarted on another node must "
+            f"find them), but {', '.join(check.unshared)} cannot see {check.storage}: pass --storage with an "
+            "NFS path or a URI (s3://…, gs://…) that every node reaches, or run single-worker CPU runs with "
+            "--executor local")
+    print(check.describe(), file=sys.stderr, flush=True)
+    name, actor = start_ledger(str(output), cache_root)
+    return check, name, actor
+
+
+def close_session(actor: Any) -> None:
+    ray.kill(actor, no_restart=True)
+
+
 # ------------------------------------------------------------------------------ teachers
 
 
+class TeacherJobs:
+    """The campaign's teacher jobs (teacher id → Ray object ref) and the driver's thread that
+    renews their claims in the ledger while they live."""
+
+    def __init__(self, refs: dict[str, Any], claims: dict[str, tuple[str, str]], ledger: Any,
+                 lease: float) -> None:
+        self.refs = refs
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if refs:
+            self._thread = threading.Thread(target=self._keep, args=(claims, ledger, lease),
+                                            name="teacher claims", daemon=True)
+            self._thread.start()
+
+    def _keep(self, claims: dict[str, tuple[str, str]], ledger: Any, lease: float) -> None:
+        pending = dict(self.refs)
+        while pending and not self._stop.wait(min(lease / 3, 2.0)):
+            for tid, ref in list(pending.items()):
+                if ray.wait([ref], timeout=0)[0]:
+                    del pending[tid]
+                else:
+                    ledger.renew.remote(*claims[tid], lease)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def finish(self) -> list[str]:
+        """Wait for the jobs; the reasons of those that failed."""
+        failures = []
+        for tid, ref in self.refs.items():
+            try:
+                ray.get(ref)
+            except Exception as err:  # its units already failed with the job's reason
+                failures.append(f"teacher {tid} could not be trained: {type(err).__name__}: {err}")
+                logger.error(failures[-1])
+        self.stop()
+        return failures
+
+
 def start_teachers(runs: Sequence[RunSpec], executors: dict[str, str], ctx: Context,
-                   cluster: dict[str, Any]) -> dict[str, Any]:
+                   cluster: dict[str, Any]) -> TeacherJobs:
     """Start training every missing recipe teacher ``runs`` need, once each, in parallel jobs
     (on the executor of the first run that needs it: Ray Train for data-parallel or GPU runs).
 
-    Trials start while teachers train: a unit whose teacher is not ready waits on the teacher's
-    lock, held by its job, so the campaign does not idle until the slowest teacher is done. A
-    failed job leaves its failure marker; the units that need it fail with its reason.
-    Returns teacher id → Ray object ref.
+    Each teacher is claimed in the ledger for its job before the job starts, so the trials that
+    start while it is scheduled or trains wait for it instead of training it themselves; the
+    campaign does not idle until the slowest teacher is done. The driver renews the claim while
+    the job lives: a job that dies releases it (a waiting run then trains the teacher), one that
+    fails fails the runs that need it with its reason.
     """
-    cache_root = Path(ctx.cache_root)
-    needed = teachers_to_train(runs, cache_root)
-    jobs: dict[str, Any] = {}
+    needed = teachers_to_train(runs, ctx.cache_root)  # as the driver sees the storage
+    ledger = ledger_handle(ctx.ledger) if needed else None
+    lease = lease_seconds()
+    refs: dict[str, Any] = {}
+    claims: dict[str, tuple[str, str]] = {}
     for tid, run in needed.items():
-        clear_failure(run.teacher, run.task, cache_root)  # this invocation tries it again
-        jobs[tid] = EXECUTORS.get(executors[run.run_id]).teacher_job(run, ctx, cluster)
-    if jobs:
-        print(f"training {len(jobs)} teacher(s), once each: " + ", ".join(
+        key = recipe_key(run.teacher, run.task)
+        holder = f"job:{key}"
+        ray.get(ledger.claim.remote(key, holder, lease))
+        refs[tid] = EXECUTORS.get(executors[run.run_id]).teacher_job(run, ctx, cluster, holder)
+        claims[tid] = (key, holder)
+    if refs:
+        print(f"training {len(refs)} teacher(s), once each: " + ", ".join(
             f"{r.teacher.model.name} on {(r.teacher.task or r.task).name}" for r in needed.values()),
             file=sys.stderr, flush=True)
-        refs = list(jobs.values())
-        done: set[int] = set()
-
-        def finished(i: int) -> bool:
-            if i not in done and ray.wait([refs[i]], timeout=0)[0]:
-                done.add(i)
-            return i in done
-
-        wait_for_locks([lock_path(r.teacher, r.task, cache_root) for r in needed.values()], finished)
-    return jobs
-
-
-def finish_teachers(jobs: dict[str, Any]) -> list[str]:
-    """Wait for the teacher jobs; the reasons of those that failed."""
-    failures = []
-    for tid, ref in jobs.items():
-        try:
-            ray.get(ref)
-        except Exception as err:  # its units already failed with the marker's reason
-            failures.append(f"teacher {tid} could not be trained: {type(err).__name__}: {err}")
-            logger.error(failures[-1])
-    return failures
+        # the trials start once every job holds its resources: trials that wait for a teacher
+        # hold theirs, and a job that found none free would wait for them in turn
+        deadline = time.perf_counter() + JOB_START_TIMEOUT_S
+        waiting = dict(refs)
+        while waiting and time.perf_counter() < deadline:
+            for tid, ref in list(waiting.items()):
+                if ray.wait([ref], timeout=0)[0] or ray.get(ledger.is_started.remote(claims[tid][0])):
+                    del waiting[tid]
+            if waiting:
+                time.sleep(0.2)
+    return TeacherJobs(refs, claims, ledger, lease)
 
 
 # ------------------------------------------------------------------------------ progress
@@ -216,6 +307,15 @@ def tuner(ctx: Context, *, name: str, storage: Path, param_space: dict[str, Any]
     )
 
 
+def reusable(units: Sequence[Unit]) -> bool:
+    """Whether the experiment's trials may reuse Tune's actors: yes when every unit trains in its
+    trial's process (no process start and torch import per run, ≈3 s each on 2 cores); no when
+    a unit drives a Ray Train run, whose ``fit()`` may still be tearing its worker group down
+    when Tune hands the actor the next trial (Tune then fails the reset and, in Ray 2.60, can
+    hang; measured here), and whose own start-up dwarfs an actor's anyway."""
+    return all(m.executor == "local" for u in units for m in u.member_units())
+
+
 def grid(units: Sequence[Unit]) -> dict[str, Any]:
     return {UNIT_KEY: tune.grid_search([u.to_config() for u in units])}
 
@@ -266,5 +366,6 @@ def reconcile(units: Sequence[Unit], ctx: Context, errors: dict[str, str] | None
             write_record(unit, ctx, "failed", error=f"trial errored: {error}", epochs_run=epochs)
 
 
-__all__ = ["Progress", "default_concurrency", "finish_teachers", "grid", "grid_errors", "planned_unit",
-           "reconcile", "start_teachers", "tuner", "unit_resources"]
+__all__ = ["Progress", "TeacherJobs", "close_session", "default_concurrency", "driver_output", "grid",
+           "grid_errors", "open_session", "planned_unit", "reconcile", "reusable", "run_tasks", "start_teachers",
+           "storage_roots", "tuner", "unit_resources"]

@@ -15,9 +15,11 @@ For every group (task, pair, method) of a :class:`~cist_bench.config.search.Sear
 Output (``<output>``)::
 
     search.json              the plan: search id, budget, groups and their planned trials
-    records/<run id>.json    one record per trial (``search`` provenance), never mixed with runs
-    checkpoints/<run id>/    per-epoch state of unfinished trials (removed when its group is over)
-    teachers_cache/          the trained teachers
+    records/<run id>.json    one record per trial (``search`` provenance), never mixed with runs,
+                             written by the search's ledger whatever node a trial ran on
+    checkpoints/<run id>/    per-epoch state of unfinished trials (removed when its group is over;
+                             in ``--storage`` when one is given)
+    teachers_cache/          the trained teachers (in ``--storage`` when one is given)
     tune/<group>/            Tune's experiment state (what ``--resume`` restores)
     best_hparams.yaml        best configuration per (task, pair, method) — ``hparams_from``
     sensitivity.md           validation metric against each searched hyperparameter
@@ -49,27 +51,31 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from cist_bench.config.search import Group, SearchPlan, trial_spec
 from cist_bench.results import ReportRoles, ResultStore, RunRecord
-from cist_bench.results.store import atomic_write_text
 from cist_bench.runner.cluster import init_ray, shutdown_ray
 from cist_bench.runner.executors import resolve_executor
 from cist_bench.runner.experiment import (
     PROGRESS_INTERVAL_S,
     Progress,
+    close_session,
     default_concurrency,
-    finish_teachers,
+    driver_output,
     grid,
     grid_errors,
+    open_session,
     planned_unit,
     reconcile,
+    reusable,
     start_teachers,
+    storage_roots,
     tuner,
     unit_resources,
 )
 from cist_bench.runner.trial import POINT_KEY, UNIT_KEY
-from cist_bench.runner.unit import Context, Unit, checkpoint_dir
+from cist_bench.runner.unit import Context, Unit, checkpoint_rel, storage_of
 from cist_bench.search.best import select_best, write_best
 from cist_bench.search.space import Dim, round_point
 from cist_bench.spec import to_dict
+from cist_bench.storage import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -219,10 +225,11 @@ def tune_domain(dim: Dim) -> Any:
     return tune.grid_search(list(dim.args))
 
 
-def search_context(plan: SearchPlan, group: Group, output: Path, *, max_failures: int, cache_root: Path,
-                   storage: str, executor: str, roles: dict[str, str] | None) -> Context:
+def search_context(plan: SearchPlan, group: Group, output: Path, *, max_failures: int, cache_root: str,
+                   storage: str, executor: str, roles: dict[str, str] | None, ledger: str | None = None,
+                   shared: bool = True) -> Context:
     return Context(
-        output=str(output), cache_root=str(cache_root), storage=storage, suite=plan.name,
+        output=str(output), cache_root=cache_root, storage=storage, suite=plan.name, ledger=ledger, shared=shared,
         max_failures=max_failures, roles=roles or dataclasses.asdict(ReportRoles()), metric=group.metric,
         max_epochs=group.max_epochs,
         search={"name": plan.name, "id": plan.id, "group": group.key, "budget": plan.budget(group),
@@ -259,7 +266,7 @@ def _shared_tuner(plan: SearchPlan, name: str, groups: list[Group], ctx: Context
     label = ", ".join(dict.fromkeys(g.task for g in groups))
     return tuner(ctx, name=name, storage=storage, param_space=grid(every), resources=unit_resources(cluster),
                  concurrency=concurrency, metric=groups[0].metric, mode=groups[0].mode, scheduler=scheduler,
-                 num_samples=1, restore=resume, reuse_actors=True,
+                 num_samples=1, restore=resume, reuse_actors=reusable(every),
                  callbacks=[Progress(str(output), f"search {label}", len(every), groups[0].metric,
                                      interval=progress_interval)])
 
@@ -279,7 +286,8 @@ def _optuna_tuner(plan: SearchPlan, group: Group, ctx: Context, cluster: dict[st
                  resources=unit_resources(cluster, fallback=fixed), concurrency=concurrency,
                  metric=group.metric, mode=group.mode, scheduler=scheduler,
                  search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=plan.seed)),
-                 num_samples=plan.num_samples, restore=resume, reuse_actors=True,
+                 num_samples=plan.num_samples, restore=resume,
+                 reuse_actors=reusable([Unit(group.base, ctx.proposals["executor"])]),
                  callbacks=[Progress(str(output), group.method, plan.num_samples, group.metric,
                                      interval=progress_interval)])
 
@@ -317,11 +325,13 @@ def run_search(plan: SearchPlan, output: str | Path, *, executor: str = "auto", 
                storage: str | None = None, roles: dict[str, str] | None = None,
                suite_file: str | None = None, progress_interval: float = PROGRESS_INTERVAL_S) -> SearchResult:
     """Run (or resume) a validated search; write the records, ``best_hparams.yaml`` and
-    ``sensitivity.md``. Ray starts (or is joined) here. ``cache_root``: where teachers are
-    trained and cached (default ``<output>/teachers_cache``)."""
+    ``sensitivity.md`` (all in ``output``, on the driver: trials on any node reach them through
+    the search's ledger). Ray starts (or is joined) here. ``storage``: a path or URI for
+    checkpoints and teachers (default ``output``); ``cache_root``: where teachers are trained
+    and cached (default ``<storage>/teachers_cache``)."""
     t0 = time.perf_counter()
-    output = Path(output).resolve()
-    cache_root = Path(cache_root).resolve() if cache_root else output / "teachers_cache"
+    output = driver_output(output)
+    storage, cache = storage_roots(output, storage, str(cache_root) if cache_root else None)
     plan_file = output / PLAN_FILE
     if plan_file.is_file():
         old = json.loads(plan_file.read_text(encoding="utf-8"))
@@ -337,18 +347,23 @@ def run_search(plan: SearchPlan, output: str | Path, *, executor: str = "auto", 
     atomic_write_text(plan_file, json.dumps({**plan.to_data(), "suite_file": suite_file}, indent=1,
                                             default=str) + "\n")
     store = ResultStore(output)
-    storage = storage or str(output / "ray" / "train")
     started_here = not ray.is_initialized()
     cluster = init_ray(address, num_cpus=num_cpus)
+    ledger_actor = None
+    jobs = None
     try:
-        first = search_context(plan, plan.groups[0], output, max_failures=max_failures, cache_root=cache_root,
-                               storage=storage, executor=executors[plan.groups[0].key], roles=roles)
+        check, ledger, ledger_actor = open_session(output, cache_root=cache, storage=storage,
+                                                   runs=[g.base for g in plan.groups],
+                                                   executors=set(executors.values()))
+        session = {"ledger": ledger, "shared": check.shared}
+        first = search_context(plan, plan.groups[0], output, max_failures=max_failures, cache_root=cache,
+                               storage=storage, executor=executors[plan.groups[0].key], roles=roles, **session)
         jobs = start_teachers([g.base for g in plan.groups],
                               {g.base.run_id: executors[g.key] for g in plan.groups}, first, cluster)
         for name, groups in experiments_of(plan):
             group = groups[0]
-            ctx = search_context(plan, group, output, max_failures=max_failures, cache_root=cache_root,
-                                 storage=storage, executor=executors[group.key], roles=roles)
+            ctx = search_context(plan, group, output, max_failures=max_failures, cache_root=cache,
+                                 storage=storage, executor=executors[group.key], roles=roles, **session)
             concurrency = default_concurrency([Unit(group.base, executors[group.key])], cluster,
                                               max_concurrent or plan.max_concurrent)
             for g in groups:
@@ -373,9 +388,13 @@ def run_search(plan: SearchPlan, output: str | Path, *, executor: str = "auto", 
             if result_grid.num_terminated == len(result_grid):  # these groups are over: no trial will resume
                 for g in groups:
                     for record in group_records(store, plan.id, g.key):
-                        shutil.rmtree(checkpoint_dir(ctx, record.run_id), ignore_errors=True)
-        finish_teachers(jobs)
+                        storage_of(ctx).delete_dir(checkpoint_rel(record.run_id))
+        jobs.finish()
     finally:
+        if jobs is not None:
+            jobs.stop()
+        if ledger_actor is not None:
+            close_session(ledger_actor)
         if started_here and not keep_ray:
             shutdown_ray()
     result = summarise(plan, output, suite_file=suite_file)

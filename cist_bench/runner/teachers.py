@@ -1,35 +1,34 @@
-"""Training recipe teachers once, whoever needs them first: locks and failure markers.
+"""Training recipe teachers once, whoever needs them first.
 
-A recipe teacher lives in ``<cache_root>/teachers/<recipe hash>/`` (see
+A recipe teacher lives in its artefact store under ``teachers/<recipe hash>/`` (see
 :mod:`cist_bench.engine.teacher`). Several processes may need the same missing teacher at once
 (the campaign's teacher job, runs that start while it trains, the workers of a data-parallel
-run): :func:`ensure_teacher` takes an exclusive ``flock`` on ``<folder>.lock``, trains the
-teacher if its weights are still missing, and releases the lock; everyone else waits on the
-lock and then loads it. A teacher job that fails leaves ``failed.txt`` (with the reason) so that
-the runs waiting for it fail with that reason instead of each training it again; a new campaign
-clears the marker and tries once more.
+run): :func:`ensure_teacher` asks the store's coordinator to train it **once** — the first
+process to claim it trains and stores it, the others wait and then load it.
 
-This module is plain Python (no Ray): a GPU check or a test drives the engine with it.
+Which coordinator depends on where the process runs: without Ray (a test, a GPU check driving
+the engine) a file lock in the store decides (:class:`~cist_bench.storage.FileLockCoordinator`);
+in a campaign the store given here carries the runner's Ray coordinator, so nodes that share no
+disk agree too, a failure is seen by every node, and the weights travel through Ray where the
+storage is not shared (:mod:`cist_bench.runner.ledger`).
+
+This module is plain Python (no Ray).
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 from cist_bench.data import create_task
-from cist_bench.data.base import atomic_write_bytes, file_lock
 from cist_bench.engine import train_run
 from cist_bench.engine.teacher import (
     WEIGHTS_FILE,
+    CacheRoot,
     LoadedTeacher,
-    TeacherError,
-    is_trained,
     load_teacher,
-    recipe_folder,
+    recipe_key,
     recipe_run_spec,
     store_recipe_teacher,
     teacher_id,
@@ -37,37 +36,9 @@ from cist_bench.engine.teacher import (
 )
 from cist_bench.losses import loss_needs_teacher
 from cist_bench.spec import RunSpec, TaskSpec, TeacherSpec
+from cist_bench.storage import as_store
 
 logger = logging.getLogger(__name__)
-
-FAILURE_FILE = "failed.txt"
-
-
-def lock_is_held(path: Path) -> bool:
-    """Whether another process holds the ``flock`` on ``path`` right now."""
-    if not path.exists():
-        return False
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-        return False
-
-
-def lock_path(spec: TeacherSpec, run_task: TaskSpec, cache_root: Path | None) -> Path:
-    return recipe_folder(spec, run_task, cache_root).with_suffix(".lock")
-
-
-def clear_failure(spec: TeacherSpec, run_task: TaskSpec, cache_root: Path | None) -> None:
-    if spec.checkpoint is None and not spec.pretrained:
-        (recipe_folder(spec, run_task, cache_root) / FAILURE_FILE).unlink(missing_ok=True)
-
-
-def record_failure(spec: TeacherSpec, run_task: TaskSpec, cache_root: Path | None, reason: str) -> None:
-    folder = recipe_folder(spec, run_task, cache_root)
-    atomic_write_bytes(folder / FAILURE_FILE, reason[-4000:].encode())
 
 
 def needs_teacher(run: RunSpec) -> bool:
@@ -77,44 +48,38 @@ def needs_teacher(run: RunSpec) -> bool:
                                         or run.student.init_from_teacher is not None)
 
 
-def teachers_to_train(runs: Iterable[RunSpec], cache_root: Path | None) -> dict[str, RunSpec]:
-    """The recipe teachers ``runs`` need that are not trained yet: teacher id → the first run
-    that needs it. Runs of teacher-free losses need none, whatever their spec names."""
+def is_recipe(spec: TeacherSpec) -> bool:
+    return spec.checkpoint is None and not spec.pretrained
+
+
+def teachers_to_train(runs: Iterable[RunSpec], cache_root: CacheRoot) -> dict[str, RunSpec]:
+    """The recipe teachers ``runs`` need that are not trained yet in ``cache_root`` (as this
+    process sees it): teacher id → the first run that needs it. Runs of teacher-free losses
+    need none, whatever their spec names."""
+    store = as_store(cache_root)
     out: dict[str, RunSpec] = {}
     for run in runs:
-        if needs_teacher(run) and not is_trained(run.teacher, run.task, cache_root):
+        if needs_teacher(run) and is_recipe(run.teacher) and \
+                not store.has(f"{recipe_key(run.teacher, run.task)}/{WEIGHTS_FILE}"):
             out.setdefault(teacher_id(run.teacher, run.task), run)
     return out
 
 
-def train_once(spec: TeacherSpec, run_task: TaskSpec, train: Callable[[], None], *,
-               cache_root: Path | None = None, mark_failure: bool = False) -> None:
-    """Call ``train`` (which trains and stores the recipe teacher) unless the teacher is already
-    trained, under the recipe's lock; a recorded failure raises :class:`TeacherError` instead.
-
-    ``mark_failure``: if training fails, leave the failure marker (a campaign's teacher job does;
-    a run that trains its teacher itself only fails).
-    """
-    folder = recipe_folder(spec, run_task, cache_root)
-    with file_lock(folder.with_suffix(".lock")):
-        if (folder / WEIGHTS_FILE).is_file():
-            return
-        failure = folder / FAILURE_FILE
-        if failure.is_file():
-            raise TeacherError(f"teacher {teacher_id(spec, run_task)} failed to train: {failure.read_text()}")
-        try:
-            train()
-        except Exception as err:
-            if mark_failure:
-                record_failure(spec, run_task, cache_root, f"{type(err).__name__}: {err}")
-            raise
+def train_teacher_once(spec: TeacherSpec, run_task: TaskSpec, train: Callable[[], None], *,
+                       cache_root: CacheRoot = None) -> None:
+    """Call ``train`` (which trains the recipe teacher and stores it with
+    :func:`~cist_bench.engine.teacher.store_recipe_teacher`) unless the teacher is trained,
+    once across everyone who shares ``cache_root``'s coordinator."""
+    store = as_store(cache_root)
+    weights = f"{recipe_key(spec, run_task)}/{WEIGHTS_FILE}"
+    store.run_once(recipe_key(spec, run_task), train, lambda: store.available(weights), scope="cluster")
 
 
-def ensure_teacher(spec: TeacherSpec, run_task: TaskSpec, *, cache_root: Path | None = None,
-                   mark_failure: bool = False) -> LoadedTeacher:
-    """The teacher, trained first in this process (once, :func:`train_once`) if it is a missing
-    recipe, then loaded."""
-    if spec.checkpoint is None and not spec.pretrained:
+def ensure_teacher(spec: TeacherSpec, run_task: TaskSpec, *, cache_root: CacheRoot = None) -> LoadedTeacher:
+    """The teacher, trained first in this process (once, :func:`train_teacher_once`) if it is a
+    missing recipe, then loaded."""
+    store = as_store(cache_root)
+    if is_recipe(spec):
 
         def train() -> None:
             run = recipe_run_spec(spec, run_task)
@@ -122,23 +87,9 @@ def ensure_teacher(spec: TeacherSpec, run_task: TaskSpec, *, cache_root: Path | 
             logger.info("training teacher %s (%s on %s, %d epochs)", run.run_id, spec.model.name,
                         task_spec.name, run.train.epochs)
             t0 = time.perf_counter()
-            outcome = train_run(run, cache_root=cache_root, distributed=False,
+            outcome = train_run(run, cache_root=store, distributed=False,
                                 task=create_task(task_spec.name, **task_spec.options))
-            store_recipe_teacher(recipe_folder(spec, run_task, cache_root), run, outcome,
-                                 time.perf_counter() - t0)
+            store_recipe_teacher(store, spec, run_task, run, outcome, time.perf_counter() - t0)
 
-        train_once(spec, run_task, train, cache_root=cache_root, mark_failure=mark_failure)
-    return load_teacher(spec, run_task, cache_root=cache_root)
-
-
-def wait_for_locks(paths: list[Path], done: Callable[[int], bool], timeout: float = 300.0) -> None:
-    """Block until every lock in ``paths`` is held (its job started) or ``done(i)`` says job i
-    ended, at most ``timeout`` seconds: so that no run starts training a teacher itself while
-    its job is still being scheduled."""
-    deadline = time.perf_counter() + timeout
-    waiting = list(range(len(paths)))
-    while waiting and time.perf_counter() < deadline:
-        waiting = [i for i in waiting if not done(i) and not lock_is_held(paths[i])
-                   and not (paths[i].with_suffix("") / WEIGHTS_FILE).is_file()]
-        if waiting:
-            time.sleep(0.2)
+        train_teacher_once(spec, run_task, train, cache_root=store)
+    return load_teacher(spec, run_task, cache_root=store)

@@ -10,6 +10,9 @@ with a searcher and a scheduler in place of the grid. Either way each trial call
    interruption),
 3. counts the attempt and hands the unit to its executor (:mod:`cist_bench.runner.executors`),
    which executes it in this process or on a Ray Train worker group and writes its record.
+
+Records are read and written through the campaign's ledger (:mod:`cist_bench.runner.ledger`):
+the trial may run on a node that does not see the driver's output folder.
 """
 
 from __future__ import annotations
@@ -23,9 +26,8 @@ from ray import tune
 
 from cist_bench.config.search import trial_spec
 from cist_bench.errors import ConfigError
-from cist_bench.results import ResultStore
 from cist_bench.runner.executors import EXECUTORS
-from cist_bench.runner.unit import Context, Unit, bump_attempts, is_final
+from cist_bench.runner.unit import Context, Unit, bump_attempts, is_final, records_of
 from cist_bench.search.space import round_point
 from cist_bench.spec import RunSpec, from_dict
 
@@ -79,7 +81,7 @@ def run_pack(pack: Unit, ctx: Context) -> None:
     A run already recorded final is skipped (a pack restarted after a crash keeps its finished
     runs and resumes the others from their checkpoints); a run that fails deterministically is
     recorded failed alone; a crash restarts the trial while the runs' attempts remain."""
-    store = ResultStore(ctx.output)
+    store = records_of(ctx)
     members = pack.member_units()
     todo = [unit for unit in members if not is_final(store.get(unit.run_id), ctx)]
     if not todo:
@@ -96,7 +98,7 @@ def run_pack(pack: Unit, ctx: Context) -> None:
         record = store.get(unit.run_id)
         if record is not None and record.attempts == attempt:
             store.write(record.with_timing(trial_wall_seconds=time.perf_counter() - t0, pack=pack.run_id,
-                                           pack_mode="sequential", pack_members=len(members)))
+                                           pack_mode="sequential", pack_members=len(members)), final=True)
 
 
 def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
@@ -111,7 +113,7 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     if unit.members:
         run_pack(unit, context)
         return
-    store = ResultStore(context.output)
+    store = records_of(context)
     old = store.get(unit.run_id)
     if is_final(old, context):  # finished by an earlier (interrupted) invocation
         value = (old.metrics.get("val") or {}).get(old.primary_metric["name"]) if old.primary_metric else None
@@ -127,6 +129,6 @@ def run_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     if record is not None and record.attempts == attempt and context.search is None:
         # the whole trial as Tune ran it (Ray Train's start-up included for the train executor);
         # not in a search, whose scheduler may end the trial at any report
-        store.write(record.with_timing(trial_wall_seconds=time.perf_counter() - t0))
+        store.write(record.with_timing(trial_wall_seconds=time.perf_counter() - t0), final=True)
     if record is None or not record.ok:
         _report_end(context, unit, failed=True)

@@ -1,9 +1,10 @@
 """A unit of work and how it executes, wherever the engine runs (a Tune trial, a Train worker).
 
 A :class:`Unit` is what one Tune trial does: one run, or a pack of runs of one pair. A
-:class:`Context` is what every unit of one experiment shares: where records, checkpoints and
-teachers go, the suite, the retry budget, the report roles and — in a search — the search's
-provenance and objective.
+:class:`Context` is what every unit of one experiment shares: the campaign's ledger (through
+which records reach the driver's output folder: :mod:`cist_bench.runner.ledger`), where
+checkpoints and teachers go (a path or URI, shared by every node or not), the suite, the retry
+budget, the report roles and — in a search — the search's provenance and objective.
 
 :func:`execute` is the single implementation of a unit's life, used by every executor: the
 teacher is made ready (:func:`~cist_bench.runner.teachers.ensure_teacher`), the engine trains
@@ -19,10 +20,10 @@ record (with the test metrics) is on disk.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
-import shutil
 import time
 import traceback
 from dataclasses import dataclass
@@ -32,28 +33,32 @@ from typing import Any, Protocol
 from cist_bench.data import create_task
 from cist_bench.engine import Hooks, Outcome, RunFailedError, train_run
 from cist_bench.engine.teacher import TeacherError
-from cist_bench.results import ResultStore, RunRecord, SearchInfo, make_record
+from cist_bench.results import RunRecord, SearchInfo, make_record
 from cist_bench.results.record import now
-from cist_bench.results.store import atomic_write_text
+from cist_bench.runner.ledger import LedgerRecords, LocalRecords, RayCoordinator
 from cist_bench.runner.teachers import ensure_teacher, needs_teacher
 from cist_bench.spec import RunSpec, from_dict, to_dict
+from cist_bench.storage import ArtifactStore, Storage
 
 logger = logging.getLogger(__name__)
 
-#: Test-only fault injection: ``"<run id>:<epoch>:<marker file>"`` makes that run's first
-#: attempt raise once at the end of that epoch (the marker file records that it did).
+#: Test-only fault injection: ``"<run id>:<epoch>:<marker file>[:kill]"`` makes that run's first
+#: attempt raise once at the end of that epoch — or, with ``:kill``, SIGKILL its own process, as
+#: a lost node would — (the marker file records that it did).
 FAULT_ENV = "CIST_BENCH_INJECT_FAULT"
 CHECKPOINT_FILE = "state.pt"
-ATTEMPTS_FILE = "attempts"
 
 
 @dataclass(frozen=True)
 class Context:
     """What every unit of one experiment shares (JSON-ready: it travels to Ray processes)."""
 
+    #: the driver's output folder (records, models, attempt counters): written by the ledger
     output: str
+    #: where teachers and teacher-output caches live (a path or URI)
     cache_root: str
-    #: Ray Train's storage path (shared storage on a multi-node cluster)
+    #: where resumable checkpoints live: ``checkpoints/<run id>/`` (the local executor) and
+    #: ``ray/train/`` (Ray Train's ``storage_path``), a path or URI
     storage: str
     suite: str
     max_failures: int = 1
@@ -65,6 +70,10 @@ class Context:
     max_epochs: int | None = None
     #: a searcher's proposals (optuna): ``{base, loss, fixed, executor}`` to build a unit from a point
     proposals: dict[str, Any] | None = None
+    #: the name of the campaign's ledger actor; None: records are written to ``output`` here
+    ledger: str | None = None
+    #: whether every node sees ``storage`` and ``cache_root`` (the start-up check decides)
+    shared: bool = True
 
     def to_config(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -134,16 +143,35 @@ class Transport(Protocol):
 # ------------------------------------------------------------------------------- bookkeeping
 
 
-def checkpoint_dir(ctx: Context, run_id: str) -> Path:
-    return Path(ctx.output) / "checkpoints" / run_id
+def records_of(ctx: Context) -> LedgerRecords | LocalRecords:
+    """Where this process reads and writes the campaign's records: through the ledger (the
+    driver's folder, wherever this process runs), or the output folder itself without one."""
+    return LedgerRecords(ctx.ledger) if ctx.ledger else LocalRecords(ctx.output)
+
+
+@functools.lru_cache(maxsize=32)
+def _storage(location: str) -> Storage:
+    return Storage(location)
+
+
+def storage_of(ctx: Context) -> Storage:
+    return _storage(ctx.storage)
+
+
+def artifacts_of(ctx: Context, *, holder: str | None = None) -> ArtifactStore:
+    """The teacher artefacts of the experiment, made once through the ledger's coordination."""
+    coordinator = RayCoordinator(ctx.ledger, shared=ctx.shared, holder=holder) if ctx.ledger else None
+    return ArtifactStore(_storage(ctx.cache_root), coordinator)
+
+
+def checkpoint_rel(run_id: str) -> str:
+    """A run's per-epoch checkpoint folder in the storage (the local executor)."""
+    return f"checkpoints/{run_id}"
 
 
 def bump_attempts(ctx: Context, run_id: str) -> int:
     """Count this start of the unit's trial (the record says how many it took)."""
-    path = checkpoint_dir(ctx, run_id) / ATTEMPTS_FILE
-    n = (int(path.read_text()) if path.is_file() else 0) + 1
-    atomic_write_text(path, str(n))
-    return n
+    return records_of(ctx).bump_attempts(run_id)
 
 
 def is_final(record: RunRecord | None, ctx: Context) -> bool:
@@ -169,7 +197,9 @@ def search_info(unit: Unit, ctx: Context, *, early_stopped: bool, epochs_run: in
 def write_record(unit: Unit, ctx: Context, status: str, *, outcome: Outcome | None = None,
                  error: str | None = None, started: str | None = None, t0: float | None = None,
                  executor: str | None = None, attempts: int = 1, early_stopped: bool = False,
-                 epochs_run: int = 0, timing: dict[str, Any] | None = None) -> RunRecord:
+                 epochs_run: int = 0, timing: dict[str, Any] | None = None, final: bool = True) -> RunRecord:
+    """Write the unit's record through the ledger; ``final=False``: a search trial's progressive
+    record (its trial may still go on)."""
     record = make_record(
         unit.spec, status=status, outcome=outcome, error=error, suite=ctx.suite, started=started,
         wall_seconds=time.perf_counter() - t0 if t0 is not None else None, executor=executor or unit.executor,
@@ -178,7 +208,7 @@ def write_record(unit: Unit, ctx: Context, status: str, *, outcome: Outcome | No
         hparams_source=unit.hparams_source)
     if timing:
         record = record.with_timing(**timing)
-    ResultStore(ctx.output).write(record)
+    records_of(ctx).write(record, final=final)
     return record
 
 
@@ -192,9 +222,13 @@ def maybe_inject_fault(run_id: str, epoch: int) -> None:
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
-    target, at, marker = spec.split(":", 2)
+    target, at, marker, *how = spec.split(":", 3)
     if target == run_id and int(at) == epoch and not Path(marker).exists():
         Path(marker).write_text("raised\n")
+        if how == ["kill"]:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError(f"injected fault after epoch {epoch}")
 
 
@@ -233,9 +267,10 @@ class TrialHooks(Hooks):
 
     def flush(self) -> None:
         if self.held is not None:
-            metrics, state = self.held
+            metrics, _ = self.held
             self.held = None
-            self.transport.report(metrics, state)
+            # no checkpoint: the run's record is final, its checkpoint folder already removed
+            self.transport.report(metrics, None)
 
 
 def execute(unit: Unit, ctx: Context, transport: Transport, *, attempt: int, executor: str,
@@ -250,13 +285,13 @@ def execute(unit: Unit, ctx: Context, transport: Transport, *, attempt: int, exe
     spec = unit.spec
     started = started or now()
     t0 = t0 if t0 is not None else time.perf_counter()
-    cache_root = Path(ctx.cache_root)
+    cache_root = artifacts_of(ctx)
 
     def finish(final: RunRecord | None) -> RunRecord | None:
         """A final record is on disk: the per-epoch checkpoint is no longer needed (a rerun of
         a failed run starts afresh)."""
         if rank == 0:
-            shutil.rmtree(checkpoint_dir(ctx, spec.run_id), ignore_errors=True)
+            storage_of(ctx).delete_dir(checkpoint_rel(spec.run_id))
         return final
 
     def record(status: str, **kwargs: Any) -> RunRecord | None:
@@ -273,7 +308,8 @@ def execute(unit: Unit, ctx: Context, transport: Transport, *, attempt: int, exe
             record("ok", outcome=Outcome.so_far(
                 state, primary={"name": primary.name, "higher_is_better": primary.higher_is_better},
                 directions={m.name: m.higher_is_better for m in task.metrics},
-                loss_hparams=dict(spec.loss.hparams)), early_stopped=True, epochs_run=len(state["history"]))
+                loss_hparams=dict(spec.loss.hparams)), early_stopped=True, epochs_run=len(state["history"]),
+                final=False)
 
     hooks = TrialHooks(unit, ctx, transport, rank=rank, progress_record=progress_record)
     try:
@@ -290,19 +326,11 @@ def execute(unit: Unit, ctx: Context, transport: Transport, *, attempt: int, exe
         return finish(record("failed", error=describe_error(err), epochs_run=hooks.epochs))
     final = None
     if rank == 0:
-        if outcome.best_state is not None:
-            _save_model(ctx, spec.run_id, outcome.best_state)
+        if outcome.best_state is not None:  # the selected student, to the driver's output
+            records_of(ctx).save_model(spec.run_id, outcome.best_state)
         final = finish(record("ok", outcome=outcome, epochs_run=len(outcome.history)))
     hooks.flush()
     return final
-
-
-def _save_model(ctx: Context, run_id: str, state: bytes) -> None:
-    models = Path(ctx.output) / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    tmp = models / f".{run_id}.pt.tmp"
-    tmp.write_bytes(state)
-    os.replace(tmp, models / f"{run_id}.pt")
 
 
 def execute_fused(units: list[Unit], ctx: Context, transports: list[Transport], *, attempts: list[int],
@@ -315,7 +343,7 @@ def execute_fused(units: list[Unit], ctx: Context, transports: list[Transport], 
     from cist_bench.engine.fused import train_fused  # torch.func: only where a pack fuses
 
     started, t0 = now(), time.perf_counter()
-    cache_root = Path(ctx.cache_root)
+    cache_root = artifacts_of(ctx)
     specs = [u.spec for u in units]
     task = create_task(specs[0].task.name, **specs[0].task.options)
     hooks = [TrialHooks(u, ctx, t, rank=0, progress_record=lambda state: None)
@@ -325,7 +353,7 @@ def execute_fused(units: list[Unit], ctx: Context, transports: list[Transport], 
         write_record(units[i], ctx, status, started=started, t0=t0, executor=executor, attempts=attempts[i],
                      timing={"trial_wall_seconds": time.perf_counter() - t0, "pack": pack_id,
                              "pack_mode": "fused", "pack_members": len(units)}, **kwargs)
-        shutil.rmtree(checkpoint_dir(ctx, units[i].run_id), ignore_errors=True)
+        storage_of(ctx).delete_dir(checkpoint_rel(units[i].run_id))
 
     try:
         needs = [s for s in specs if needs_teacher(s)]
@@ -347,7 +375,7 @@ def execute_fused(units: list[Unit], ctx: Context, transports: list[Transport], 
             record(i, "failed", error=str(outcome)[-4000:], epochs_run=hooks[i].epochs)
             continue
         if outcome.best_state is not None:
-            _save_model(ctx, units[i].run_id, outcome.best_state)
+            records_of(ctx).save_model(units[i].run_id, outcome.best_state)
         record(i, "ok", outcome=outcome, epochs_run=len(outcome.history))
     for h in hooks:
         h.flush()

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from cist_bench.results import RunRecord
-from cist_bench.results.store import atomic_write_text
+from cist_bench.storage import atomic_write_text
 
 __all__ = ["HPARAMS_FROM", "BestFileError", "read_best", "select_best", "write_best"]
 

@@ -30,6 +30,7 @@ class Executor:
         """Execute ``unit`` (inside its Tune trial) and write its record."""
         raise NotImplementedError
 
-    def teacher_job(self, run: RunSpec, ctx: Context, cluster: dict[str, Any]) -> Any:
-        """Start training the recipe teacher ``run`` needs; returns a Ray object ref."""
+    def teacher_job(self, run: RunSpec, ctx: Context, cluster: dict[str, Any], holder: str) -> Any:
+        """Start training the recipe teacher ``run`` needs, as ``holder`` (the name the driver
+        claimed the teacher with in the ledger); returns a Ray object ref."""
         raise NotImplementedError
