@@ -21,7 +21,18 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import ConfigDict, Field, Strict, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic import (
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.dataclasses import dataclass
 
 from cist_bench.errors import ConfigError
@@ -190,7 +201,19 @@ class ResourceSpec:
     cpus_per_worker: PositiveFloat = 1.0
     """CPUs per worker"""
     gpus_per_worker: NonNegativeFloat = 1.0
-    """GPUs per worker when use_gpu"""
+    """GPUs per worker when use_gpu: a fraction (several runs share one GPU) for a single
+    worker only; data-parallel workers need a whole GPU each (NCCL refuses two ranks on one)"""
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _whole_gpus_for_data_parallel(cls, value: float, info: ValidationInfo) -> float:
+        workers, use_gpu = info.data.get("num_workers", 1), info.data.get("use_gpu", False)
+        if use_gpu and workers > 1 and value != int(value):
+            raise ValueError(f"{workers} data-parallel workers need whole GPUs each (NCCL refuses two "
+                             f"ranks on one GPU); use a whole number, or num_workers: 1 to share a GPU")
+        if use_gpu and value == 0:
+            raise ValueError("use_gpu needs gpus_per_worker > 0")
+        return value
 
 
 @dataclass(frozen=True, config=SPEC_CONFIG)

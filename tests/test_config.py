@@ -591,3 +591,14 @@ def test_run_ids_hash_the_resolved_spec_defaults_included(tmp_path: Path, monkey
     monkeypatch.setattr(tiny_mlp, "__kwdefaults__", {**tiny_mlp.__kwdefaults__, "hidden": 16})
     moved = [r for r, old in zip(load_suite(suite_file(tmp_path)).runs(), ids, strict=True) if r.run_id != old]
     assert {r.pair_name for r in moved} == {"tiny_cnn→tiny_mlp"} and len(moved) == 6
+
+
+def test_an_impossible_gpu_layout_is_refused_naming_the_field(tmp_path: Path) -> None:
+    """Two data-parallel workers on half a GPU each would put two NCCL ranks on one GPU."""
+    shared = suite_file(tmp_path, lambda d: d.update(resources={"num_workers": 2, "use_gpu": True,
+                                                                "gpus_per_worker": 0.5}))
+    with pytest.raises(SuiteError, match=r"resources\.gpus_per_worker.*whole GPUs"):
+        load_suite(shared)
+    alone = suite_file(tmp_path, lambda d: d.update(resources={"num_workers": 1, "use_gpu": True,
+                                                               "gpus_per_worker": 0.25}), name="b.yaml")
+    assert {r.resources.gpus_per_worker for r in load_suite(alone).runs()} == {0.25}  # runs share a GPU

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 
 import pytest
@@ -280,3 +281,62 @@ def test_spec_roundtrip_and_stable_id() -> None:
     assert again == spec and again.run_id == spec.run_id
     assert digits_run(seed=1).run_id != spec.run_id
     assert not math.isnan(len(spec.run_id))
+
+
+#: a worker of the two-process CTKD test: trains the spec given as JSON, data-parallel, and
+#: writes the learnt temperature parameter θ its own loss module ends with
+CTKD_WORKER = """
+import json, sys, torch
+import torch.distributed as dist
+from cist_bench.engine import loop
+from cist_bench.runner.teachers import ensure_teacher
+from cist_bench.spec import RunSpec, from_dict
+
+rank, port, out, cache = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+torch.set_num_threads(1)
+spec = from_dict(RunSpec, json.loads(sys.argv[5]))
+teacher = ensure_teacher(spec.teacher, spec.task, cache_root=cache)
+seen = {}
+finish = loop.RunState.finish
+
+def keep_theta(self, test):
+    seen["theta"] = float(self.loss_fn.theta.detach())
+    return finish(self, test)
+
+loop.RunState.finish = keep_theta
+outcome = loop.train_run(spec, teacher=teacher, cache_root=cache)
+with open(f"{out}.{rank}", "w") as f:
+    json.dump({"theta": seen["theta"], "world": outcome.world_size}, f)
+dist.destroy_process_group()
+"""
+
+
+def test_data_parallel_workers_keep_one_learnt_temperature(tmp_path, cache) -> None:
+    """CTKD's temperature θ is a parameter of the loss, not of the student that DDP wraps: the
+    engine averages its gradient over workers, so both ranks end with the same θ (two real
+    gloo processes)."""
+    import socket
+    import subprocess
+    import sys
+
+    spec = digits_run("ctkd")
+    ensure_teacher(spec.teacher, spec.task, cache_root=cache)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "worker.py"
+    script.write_text(CTKD_WORKER)
+    out = tmp_path / "theta"
+    procs = [subprocess.Popen([sys.executable, str(script), str(rank), str(port), str(out), str(cache),
+                               json.dumps(to_dict(spec))]) for rank in range(2)]
+    try:
+        assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    ranks = [json.loads((tmp_path / f"theta.{rank}").read_text()) for rank in range(2)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert ranks[0]["theta"] == ranks[1]["theta"]
+    assert ranks[0]["theta"] != 1.0  # it moved from the reference code's initial value

@@ -22,9 +22,11 @@ import torch
 from test_engine import digits_run
 
 from cist_bench.engine import MemoryHooks, RunFailedError, train_run
+from cist_bench.engine.census import Census
 from cist_bench.engine.fused import fusion_problem, train_fused
+from cist_bench.losses import LOSSES, create_loss
 from cist_bench.runner.teachers import ensure_teacher
-from cist_bench.spec import ModelSpec, OptimizerSpec, ScheduleSpec
+from cist_bench.spec import ModelSpec, OptimizerSpec, ResourceSpec, ScheduleSpec
 
 REL = 1e-4
 
@@ -159,3 +161,117 @@ def test_what_cannot_be_fused_is_named() -> None:
     assert fusion_problem([a, dataclasses.replace(a, train=dataclasses.replace(a.train, optimizer=lr))]) is None
     with pytest.raises(ValueError, match="dropout"):
         train_fused([digits_run("kd", student=ModelSpec("cnn_small"))], [MemoryHooks()])
+
+
+# ------------------------------------------------------------------ the cost of a fused step
+
+
+def _census_of_epoch(n: int, loss: str, student: str, cache, monkeypatch) -> tuple[Census, Census]:
+    """What one fused epoch of ``n`` members asks of the hardware: its steps, and the epoch's
+    data draw (each member's order and augmentation, from its own stream on the host).
+    Validation, once per member, is not part of a step and is not counted."""
+    from cist_bench.engine import fused
+
+    steps, draw = Census(), Census()
+    original_epoch, original_draw = fused._Pack.train_epoch, fused._PackDraw.__init__
+
+    def counted_epoch(self, *a, **k):
+        with steps:
+            return original_epoch(self, *a, **k)
+
+    def counted_draw(self, *a, **k):
+        with draw:
+            original_draw(self, *a, **k)
+    with monkeypatch.context() as patch:
+        patch.setattr(fused._Pack, "train_epoch", counted_epoch)
+        patch.setattr(fused._PackDraw, "__init__", counted_draw)
+        specs = [_with_lr(digits_run(loss, seed=i, student=ModelSpec(student)), 0.05, epochs=1)
+                 for i in range(n)]
+        teacher = ensure_teacher(specs[0].teacher, specs[0].task, cache_root=cache)
+        train_fused(specs, [MemoryHooks() for _ in specs], teacher=teacher, cache_root=cache, test=False)
+    return steps, draw
+
+
+@pytest.mark.parametrize("student", ["tiny_mlp", "tiny_cnn"])
+def test_a_fused_step_costs_nearly_the_same_for_eight_members_as_for_one(cache, monkeypatch, student) -> None:
+    (one, one_draw), (eight, eight_draw) = (_census_of_epoch(n, "kd", student, cache, monkeypatch)
+                                            for n in (1, 8))
+    assert one.op_count > 1000 and one_draw.op_count > 0  # the census saw the epoch
+    total_one, total_eight = one.op_count + one_draw.op_count, eight.op_count + eight_draw.op_count
+    assert total_eight <= 1.5 * total_one, (total_one, total_eight, (eight.ops - one.ops).most_common(10))
+    # nothing in a step waits for the device, whatever the pack's size (the draw reads the
+    # members' host-side generators only)
+    assert one.sync_count == eight.sync_count == 0, (one.syncs, eight.syncs)
+
+
+def test_members_differing_in_a_numeric_hyperparameter_share_one_loss_call(cache, monkeypatch) -> None:
+    from cist_bench.engine import fused
+
+    specs = [digits_run("kd", seed=i) for i in range(3)]
+    specs = [dataclasses.replace(s, loss=dataclasses.replace(s.loss, hparams={"temperature": t}))
+             for s, t in zip(specs, (2.0, 4.0, 8.0), strict=True)]
+    groups = []
+    original = fused._Pack.__init__
+
+    def spy(self, *a, **k):
+        original(self, *a, **k)
+        groups.append([(g.batched, g.members) for g in self.groups])
+    monkeypatch.setattr(fused._Pack, "__init__", spy)
+    separate, fused_out, _ = _separate_and_fused(specs, cache)
+    assert groups[0] == [(True, [0, 1, 2])]
+    for a, b in zip(separate, fused_out, strict=True):
+        assert b.metrics["test"]["accuracy"] == a.metrics["test"]["accuracy"]
+        assert _close(b.metrics["test"]["nll"], a.metrics["test"]["nll"])
+        assert b.loss_hparams == a.loss_hparams
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(LOSSES.names()) if LOSSES.get(n).batched])
+def test_every_batched_loss_under_vmap_equals_its_members_one_by_one(name) -> None:
+    """Members with different values of the loss's numeric hyperparameters, evaluated in one
+    vmapped call, give each member's own loss, diagnostics and gradients."""
+    from cist_bench.engine.fused import _LossGroup
+
+    cls = LOSSES.get(name)
+    torch.manual_seed(0)
+    members = 3
+    losses = []
+    for k in range(members):
+        loss = create_loss(name)
+        for h in cls.batched_hparams:  # a different value per member, inside its valid range
+            value = getattr(loss, h)
+            setattr(loss, h, value * (1.0 + 0.1 * k) if h != "t_max" else value + k)
+        losses.append(loss)
+    s = torch.randn(members, 16, 10, requires_grad=True)
+    t = torch.randn(members, 16, 10) * 3
+    y = torch.randint(0, 10, (members, 16))
+
+    class _Run:
+        def __init__(self, loss):
+            self.loss_fn = loss
+    group = _LossGroup(list(range(members)), [_Run(loss) for loss in losses], torch.device("cpu"), True)
+    group.everyone = True
+    out = group(s, t if cls.needs_teacher else None, y, 0.3, 0.5)
+    out["loss"].sum().backward()
+    grad = s.grad.clone()
+    s.grad = None
+    for k, loss in enumerate(losses):
+        own = loss(s[k], t[k] if cls.needs_teacher else None, y[k], progress=0.3, epoch_progress=0.5)
+        own["loss"].backward()
+        for key, value in own.items():
+            assert torch.allclose(out[key][k], value.detach(), rtol=1e-5, atol=1e-6, equal_nan=True), (key, k)
+    assert torch.allclose(grad, s.grad, rtol=1e-5, atol=1e-7)
+    for n, p in group.params.items():  # CTKD's temperature: its own gradient per member
+        for k, loss in enumerate(losses):
+            assert torch.allclose(p.grad[k], dict(loss.named_parameters())[n].grad, rtol=1e-5, atol=1e-7), n
+
+
+def test_mixed_precision_on_a_gpu_is_refused_for_batchnorm_students() -> None:
+    gpu = dataclasses.replace(digits_run("kd", student=ModelSpec("tiny_cnn")),
+                              resources=ResourceSpec(use_gpu=True))
+    assert "BatchNorm" in fusion_problem([gpu]) and "amp: off" in fusion_problem([gpu])
+    off = dataclasses.replace(gpu, train=dataclasses.replace(gpu.train, amp="off"))
+    assert fusion_problem([off]) is None
+    mlp = dataclasses.replace(gpu, student=ModelSpec("tiny_mlp"))
+    assert fusion_problem([mlp]) is None  # bf16 autocast of a student without BatchNorm
+    fp16 = dataclasses.replace(mlp, train=dataclasses.replace(mlp.train, amp="fp16"))
+    assert "gradient scaler" in fusion_problem([fp16])

@@ -420,6 +420,9 @@ class Task:
     install_hint: ClassVar[str] = ""
     #: False for bundled data (the ``data_root`` option is then accepted but has no effect).
     uses_data_root: ClassVar[bool] = True
+    #: False when every training target is a real label (never ``-100``): the losses then skip
+    #: the check for ignored positions, a host synchronisation on every step of a GPU run.
+    may_ignore_targets: ClassVar[bool] = True
 
     OPTIONS: ClassVar[dict[str, Option]] = {
         "data_root": Option(None, (str, os.PathLike), "where the data lives (task-specific "
@@ -560,6 +563,8 @@ class Task:
 
 class VisionTask(Task):
     """Image classification. Subclasses set ``num_classes``, ``input_shape``, ``mean``/``std``."""
+
+    may_ignore_targets: ClassVar[bool] = False
 
     kind: ClassVar[TaskKind] = "image_classification"
     OPTIONS: ClassVar[dict[str, Option]] = {

@@ -132,7 +132,8 @@ def evaluate(model: nn.Module, task: Task, dataset: Dataset, *, info: DistInfo,
         acc.update(logits.float(), y)
         if teacher is not None and loss_fn is not None:
             t_logits = teacher.logits(x, split=split, index=idx)
-            out = loss_fn(logits.float(), t_logits, y, progress=progress, epoch_progress=progress)
+            out = loss_fn(logits.float(), t_logits, y, progress=progress, epoch_progress=progress,
+                          complete_targets=not task.may_ignore_targets)
             stats.update(out, (y != -100).sum())
     if info.distributed:  # the accumulator's tensor is live: reduce it where it lives
         state = acc.state.to(device)
@@ -180,6 +181,7 @@ class RunState:
         self.task = task = task or create_task(spec.task.name, **spec.task.options)
         self.splits = task.splits()
         self.channels_last = train_cfg.channels_last and task.kind == "image_classification"
+        self.complete_targets = not task.may_ignore_targets
         student = build_model(spec.student, task)
         self.loss_fn = loss_fn = create_loss(spec.loss.name, **spec.loss.hparams).to(device)
         init_every = spec.student.init_from_teacher
@@ -210,6 +212,9 @@ class RunState:
                 student, device_ids=[device.index] if device.type == "cuda" else None
             )
         self.optimizer = build_optimizer(train_cfg.optimizer, student, loss_fn)
+        # DDP averages the student's gradients; the loss's own parameters (CTKD's temperature)
+        # are averaged here, so that every worker keeps the same value
+        self.loss_params = [p for p in loss_fn.parameters() if p.requires_grad] if info.distributed else []
         train_set = self.splits["train"]
         self.steps_per_epoch = equal_train_batches(len(train_set), train_cfg.batch_size, info)
         self.total_steps = self.steps_per_epoch * train_cfg.epochs
@@ -279,6 +284,13 @@ class RunState:
     def step(self) -> None:
         """After the backward pass: clip, optimiser and schedule step."""
         optimizer = self.optimizer
+        grads = [p.grad for p in self.loss_params if p.grad is not None]
+        if grads:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            all_reduce_sum(flat, self.info)
+            flat /= self.info.world_size
+            for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+                g.copy_(part.view_as(g))
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
         if self.cfg.grad_clip:
@@ -419,7 +431,7 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeach
                 s_logits = run.model(x)
                 t_logits = run.teacher_logits(x, idx)
             out = run.loss_fn(s_logits, t_logits, y, progress=run.progress(epoch, step),
-                              epoch_progress=run.epoch_progress)
+                              epoch_progress=run.epoch_progress, complete_targets=run.complete_targets)
             _check_finite(out["loss"], info, device, epoch, step)
             run.optimizer.zero_grad(set_to_none=True)
             run.scaled(out["loss"]).backward()

@@ -16,7 +16,11 @@ from cist_bench.engine.distributed import DistInfo, all_reduce_sum
 
 
 class StatsAccumulator:
-    """Sums kept as device tensors: updating costs a few tiny ops and never syncs the host."""
+    """Sums kept as device tensors: updating costs a few tiny ops and never syncs the host.
+
+    Values may also be stacked over the members of a fused pack (``(members,)`` tensors, with
+    ``(members,)`` counts): the sums then hold one row per member, the same few ops for any
+    number of members, and :meth:`member` takes one member's out."""
 
     def __init__(self) -> None:
         self._sums: dict[str, torch.Tensor] = {}  # key -> float64 [n, Σx, Σx²]
@@ -34,9 +38,16 @@ class StatsAccumulator:
                 second = sd * sd + v * v
             else:
                 second = v * v
-            row = torch.stack([nn_, nn_ * v, nn_ * second])
-            row = torch.where(torch.isfinite(row).all(), row, torch.zeros_like(row))
+            row = torch.stack([nn_, nn_ * v, nn_ * second], -1)  # (3,), or (members, 3) stacked
+            row = torch.where(torch.isfinite(row).all(-1, keepdim=True), row, torch.zeros_like(row))
             self._sums[key] = self._sums[key] + row if key in self._sums else row
+
+    def member(self, i: int) -> StatsAccumulator:
+        """Member ``i``'s sums of an accumulator fed stacked values (one row per member of a
+        fused pack: ``update`` with (members,) values and counts)."""
+        out = StatsAccumulator()
+        out._sums = {k: v[i] for k, v in self._sums.items()}
+        return out
 
     def reduce(self, info: DistInfo, device: torch.device) -> None:
         """Sum over workers (every worker holds the same keys: same loss, same code)."""

@@ -200,18 +200,25 @@ def per_view_logits(model: nn.Module, dataset: Any, *, device: torch.device, amp
     ``i`` in view ``v``, the index :class:`~cist_bench.engine.batches.IndexedDataset` yields
     with ``views=True``. Computed once per teacher: V forwards per image."""
     n, views = len(dataset), dataset.view_count()
+    if device.type != "cpu" and callable(getattr(dataset, "on", None)):
+        dataset = dataset.on(device)  # views rendered where the images live, no upload per batch
     out: torch.Tensor | None = None
     for start in range(0, n, batch_size):
         positions = torch.arange(start, min(start + batch_size, n))
+        rows = (positions * views).to(device)
         for v in range(views):
             x = to_device(dataset.view_batch(positions, v), device, channels_last)
             with amp_context(amp, device):
                 logits = model(x).float()
             if out is None:
-                out = torch.empty(n * views, logits.shape[-1], dtype=dtype)
-            out[positions * views + v] = logits.to(dtype).cpu()
+                out = torch.empty(n * views, logits.shape[-1], dtype=dtype, device=device)
+            out[rows + v] = logits.to(dtype)
     assert out is not None, "an empty dataset has no views"
     return out
+
+
+#: an output cache is kept on the GPU when it takes at most this share of the GPU's memory
+DEVICE_CACHE_SHARE = 0.25
 
 
 class TeacherRuntime:
@@ -289,7 +296,7 @@ class TeacherRuntime:
             out = per_view_logits(self.frozen, dataset, device=self.device, amp=self.amp, dtype=self.dtype,
                                   channels_last=self.channels_last)
             buf = io.BytesIO()
-            torch.save(out, buf)
+            torch.save(out.cpu(), buf)
             self.store.put(rel, buf.getvalue(), share=False)
             return out
         loader = torch.utils.data.DataLoader(dataset, batch_size=512, shuffle=False,
@@ -313,8 +320,17 @@ class TeacherRuntime:
         return to_device(x, self.device, self.channels_last)
 
     def outputs(self, split: str) -> Any:
+        """The split's cached outputs; on the GPU when they fit (a quarter of its memory: the
+        per-view CIFAR-100 cache in float16 is ≈1.5 GB), so a step gathers its rows there."""
         if split not in self._outputs:
-            self._outputs[split] = self._compute_split(split)
+            out = self._compute_split(split)
+            if isinstance(out, torch.Tensor) and self.device.type == "cuda":
+                total = torch.cuda.get_device_properties(self.device).total_memory
+                if out.numel() * out.element_size() <= DEVICE_CACHE_SHARE * total:
+                    out = out.to(self.device)
+            elif isinstance(out, torch.Tensor):
+                out = out.cpu()
+            self._outputs[split] = out
         return self._outputs[split]
 
     def uses_cache(self, split: str) -> bool:
@@ -328,7 +344,7 @@ class TeacherRuntime:
             rows = {key: v[index] for key, v in out.items()}
             return densify_topk(rows["values"].to(self.device), rows["indices"].to(self.device),
                                 rows["lse"].to(self.device), self.task.num_classes)
-        return out[index].to(self.device, non_blocking=True).float()
+        return out[index.to(out.device, non_blocking=True)].to(self.device, non_blocking=True).float()
 
     def metrics(self, info: DistInfo) -> dict[str, Any]:
         """The teacher's own val/test metrics on this task (for the report's teacher column).

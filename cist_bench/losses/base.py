@@ -89,7 +89,7 @@ def mean_std(x: Tensor) -> tuple[Tensor, Tensor]:
     """Detached mean and population std (well-defined for a single row)."""
     x = x.detach().float().reshape(-1)
     if x.numel() == 0:
-        nan = torch.tensor(float("nan"), device=x.device)
+        nan = torch.full((), float("nan"), device=x.device)
         return nan, nan
     std, mean = torch.std_mean(x, correction=0)  # one fused op: this runs on every step
     return mean, std
@@ -101,13 +101,16 @@ def temperature_stats(tau_t: Tensor | float, tau_s: Tensor | float, log_p_t: Ten
 
     stats: Stats = {}
     for key, tau in (("tau_t", tau_t), ("tau_s", tau_s)):
-        if isinstance(tau, float) or torch.as_tensor(tau).numel() == 1:  # one temperature
-            value = torch.as_tensor(tau, dtype=torch.float32, device=device).detach().reshape(())
+        if isinstance(tau, (int, float)):  # one temperature: a fill on the device, no host copy
+            value = torch.full((), tau, dtype=torch.float32, device=device)
+            stats[f"stats/{key}_mean"], stats[f"stats/{key}_std"] = value, torch.zeros_like(value)
+        elif tau.numel() == 1:
+            value = tau.detach().to(torch.float32).reshape(())
             stats[f"stats/{key}_mean"], stats[f"stats/{key}_std"] = value, torch.zeros_like(value)
         else:
             stats[f"stats/{key}_mean"], stats[f"stats/{key}_std"] = mean_std(tau)
     if log_p_t is None:
-        nan = torch.tensor(float("nan"), device=device)
+        nan = torch.full((), float("nan"), device=device)
         stats["stats/teacher_entropy_mean"] = stats["stats/teacher_entropy_std"] = nan
     else:
         h = normalized_entropy(log_p_t.detach().float())
@@ -154,6 +157,12 @@ class DistillationLoss(nn.Module):
     needs_target: ClassVar[bool] = False
     #: what a warm-up or curriculum advances on: "epoch" (``epoch_progress``) or "step"
     ramp: str = "step"
+    #: the loss runs under ``torch.func.vmap`` (no data-dependent Python control flow, no host
+    #: reads): the members of a fused pack that use it are evaluated in one batched call
+    batched: ClassVar[bool] = False
+    #: hyperparameters (float attributes) used in arithmetic only: under vmap they become
+    #: per-member tensors, so members differing only in them are evaluated together
+    batched_hparams: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, ce_weight: float) -> None:
         super().__init__()
@@ -174,7 +183,9 @@ class DistillationLoss(nn.Module):
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor | None = None,
                 target: Tensor | None = None, progress: float = 0.0,
-                epoch_progress: float | None = None) -> dict[str, Tensor]:
+                epoch_progress: float | None = None, *, complete_targets: bool = False) -> dict[str, Tensor]:
+        """``complete_targets``: the caller knows no target is ``IGNORE_INDEX`` (an image task),
+        so the mask check (a host read of a device tensor) is skipped."""
         for name, value in (("progress", progress), ("epoch_progress", epoch_progress)):
             if value is not None and not (-1e-6 <= float(value) <= 1.0 + 1e-6):
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
@@ -200,10 +211,11 @@ class DistillationLoss(nn.Module):
                 raise ValueError(
                     f"target {tuple(target.shape)} does not match logits {tuple(student_logits.shape)}"
                 )
-            valid = y != IGNORE_INDEX
-            if not bool(valid.all()):  # language-model padding: keep only real positions
-                s, y = s[valid], y[valid]
-                t = t[valid] if t is not None else None
+            if not complete_targets:
+                valid = y != IGNORE_INDEX
+                if not bool(valid.all()):  # language-model padding: keep only real positions
+                    s, y = s[valid], y[valid]
+                    t = t[valid] if t is not None else None
         elif self.needs_target or self.ce_weight > 0:
             raise ValueError(f"{type(self).__name__} needs targets (ce_weight={self.ce_weight})")
 

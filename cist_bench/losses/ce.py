@@ -15,6 +15,8 @@ from cist_bench.losses.base import DistillationLoss, Stats, temperature_stats
 
 @register_loss("ce")
 class CrossEntropy(DistillationLoss):
+    batched = True
+    batched_hparams = ()
     needs_teacher = False
 
     def __init__(self, *, ce_weight: float = 1.0) -> None:

@@ -244,7 +244,7 @@ class _CISTBase(DistillationLoss):
         kd = self.kd_weight * (w * per_row).mean()
         stats = temperature_stats(tau_t, tau_s, log_p_t, s.shape[0], s.device)
         stats["stats/weight_mean"], stats["stats/weight_std"] = mean_std(w)
-        stats["stats/ratio"] = torch.tensor(rho, device=s.device)
+        stats["stats/ratio"] = torch.full((), rho, device=s.device)
         return kd, stats
 
 

@@ -44,12 +44,18 @@ from cist_bench.losses.kd import kd_divergence
 
 
 class _GradientReversal(torch.autograd.Function):
-    """Identity forward; multiplies the incoming gradient by −λ backward."""
+    """Identity forward; multiplies the incoming gradient by −λ backward (vmap-able: the
+    members of a fused pack reverse their own temperatures' gradients in one batched call)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x: Tensor, lam: float) -> Tensor:
-        ctx.lam = lam
+    def forward(x: Tensor, lam: float) -> Tensor:
         return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[Tensor, float], output: Tensor) -> None:
+        ctx.lam = inputs[1]
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
@@ -68,6 +74,8 @@ def cosine_curriculum(progress: float, curriculum: float, lambda_max: float) -> 
 
 @register_loss("ctkd")
 class CTKD(DistillationLoss):
+    batched = True
+    batched_hparams = ("t_min", "t_max", "kd_weight")
     def __init__(self, *, t_min: float = 1.0, t_max: float = 21.0,
                  init_temperature: float | None = None, lambda_max: float = 1.0,
                  curriculum: float = 10 / 240, ce_weight: float = 0.1,
@@ -106,5 +114,5 @@ class CTKD(DistillationLoss):
         temp = self.temperature(lam).to(s.dtype)
         per_row, log_p_t = kd_divergence(s, t, temp)
         stats = temperature_stats(temp, temp, log_p_t, s.shape[0], s.device)
-        stats["stats/grl_lambda"] = torch.tensor(lam, device=s.device)
+        stats["stats/grl_lambda"] = torch.full((), lam, device=s.device)
         return self.kd_weight * per_row.mean(), stats

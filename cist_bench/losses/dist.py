@@ -35,6 +35,8 @@ def pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
 
 @register_loss("dist")
 class DIST(DistillationLoss):
+    batched = True
+    batched_hparams = ("temperature", "beta", "gamma", "kd_weight")
     def __init__(self, *, temperature: float = 1.0, beta: float = 1.0, gamma: float = 1.0,
                  ce_weight: float = 1.0, kd_weight: float = 1.0) -> None:
         super().__init__(ce_weight=ce_weight)

@@ -48,7 +48,8 @@ def _binary_log_probs(log_p: Tensor, target_mask: Tensor) -> Tensor:
 
 def dkd_parts(s: Tensor, t: Tensor, y: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
     """Per-row (TCKD, NCKD) without the T² factor, and log p_t, for logits (N, C), targets (N,)."""
-    target_mask = F.one_hot(y, s.shape[-1]).bool()  # (N, C)
+    # (N, C); a scatter rather than one_hot, which reads the targets' range on the host
+    target_mask = torch.zeros_like(s, dtype=torch.bool).scatter(-1, y.unsqueeze(-1), True)
     log_p_t = F.log_softmax(t / temperature, -1)
     log_p_s = F.log_softmax(s / temperature, -1)
     tckd = kl_rows(_binary_log_probs(log_p_t, target_mask), _binary_log_probs(log_p_s, target_mask))
@@ -60,6 +61,8 @@ def dkd_parts(s: Tensor, t: Tensor, y: Tensor, temperature: float) -> tuple[Tens
 
 @register_loss("dkd")
 class DKD(DistillationLoss):
+    batched = True
+    batched_hparams = ("alpha", "beta", "temperature")
     needs_target = True
 
     def __init__(self, *, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
@@ -85,7 +88,7 @@ class DKD(DistillationLoss):
         factor = linear_warmup(progress, self.warmup)
         kd = factor * per_row.mean()
         stats = temperature_stats(self.temperature, self.temperature, log_p_t, s.shape[0], s.device)
-        stats["stats/warmup"] = torch.tensor(factor, device=s.device)
+        stats["stats/warmup"] = torch.full((), factor, device=s.device)
         stats["stats/tckd"] = tckd.detach().mean()
         stats["stats/nckd"] = nckd.detach().mean()
         return kd, stats

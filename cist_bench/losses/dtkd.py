@@ -47,6 +47,8 @@ def dynamic_temperatures(s: Tensor, t: Tensor, temperature: float) -> tuple[Tens
 
 @register_loss("dtkd")
 class DTKD(DistillationLoss):
+    batched = True
+    batched_hparams = ("alpha", "beta")
     def __init__(self, *, temperature: float = 4.0, alpha: float = 3.0, beta: float = 1.0,
                  warmup: float = 20 / 240, ce_weight: float = 1.0,
                  ramp: Literal["epoch", "step"] = "epoch") -> None:
@@ -69,5 +71,5 @@ class DTKD(DistillationLoss):
         factor = linear_warmup(progress, self.warmup)
         kd = factor * per_row.mean()
         stats = temperature_stats(tau_t, tau_s, log_p_t, s.shape[0], s.device)
-        stats["stats/warmup"] = torch.tensor(factor, device=s.device)
+        stats["stats/warmup"] = torch.full((), factor, device=s.device)
         return kd, stats

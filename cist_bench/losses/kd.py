@@ -36,6 +36,8 @@ def kd_divergence(s: Tensor, t: Tensor, temperature: Tensor | float) -> tuple[Te
 
 @register_loss("kd")
 class KD(DistillationLoss):
+    batched = True
+    batched_hparams = ("temperature", "kd_weight")
     def __init__(self, *, temperature: float = 4.0, ce_weight: float = 1.0,
                  kd_weight: float = 1.0, logit_standardize: bool = False) -> None:
         super().__init__(ce_weight=ce_weight)
