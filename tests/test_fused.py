@@ -192,9 +192,10 @@ def _census_of_epoch(n: int, loss: str, student: str, cache, monkeypatch) -> tup
     return steps, draw
 
 
-@pytest.mark.parametrize("student", ["tiny_mlp", "tiny_cnn"])
-def test_a_fused_step_costs_nearly_the_same_for_eight_members_as_for_one(cache, monkeypatch, student) -> None:
-    (one, one_draw), (eight, eight_draw) = (_census_of_epoch(n, "kd", student, cache, monkeypatch)
+@pytest.mark.parametrize(("loss", "student"), [("kd", "tiny_mlp"), ("kd", "tiny_cnn"), ("cist", "tiny_mlp")])
+def test_a_fused_step_costs_nearly_the_same_for_eight_members_as_for_one(cache, monkeypatch, loss,
+                                                                          student) -> None:
+    (one, one_draw), (eight, eight_draw) = (_census_of_epoch(n, loss, student, cache, monkeypatch)
                                             for n in (1, 8))
     assert one.op_count > 1000 and one_draw.op_count > 0  # the census saw the epoch
     total_one, total_eight = one.op_count + one_draw.op_count, eight.op_count + eight_draw.op_count
@@ -204,12 +205,16 @@ def test_a_fused_step_costs_nearly_the_same_for_eight_members_as_for_one(cache, 
     assert one.sync_count == eight.sync_count == 0, (one.syncs, eight.syncs)
 
 
-def test_members_differing_in_a_numeric_hyperparameter_share_one_loss_call(cache, monkeypatch) -> None:
+@pytest.mark.parametrize(("loss", "hparam", "values"), [("kd", "temperature", (2.0, 4.0, 8.0)),
+                                                       ("cist", "tau_max", (5.0, 10.0, 20.0))])
+def test_members_differing_in_a_numeric_hyperparameter_share_one_loss_call(cache, monkeypatch, loss, hparam,
+                                                                           values) -> None:
+    """A search's trials of one method (CIST's temperature bounds) train as one loss call."""
     from cist_bench.engine import fused
 
-    specs = [digits_run("kd", seed=i) for i in range(3)]
-    specs = [dataclasses.replace(s, loss=dataclasses.replace(s.loss, hparams={"temperature": t}))
-             for s, t in zip(specs, (2.0, 4.0, 8.0), strict=True)]
+    specs = [digits_run(loss, seed=i) for i in range(3)]
+    specs = [dataclasses.replace(s, loss=dataclasses.replace(s.loss, hparams={hparam: v}))
+             for s, v in zip(specs, values, strict=True)]
     groups = []
     original = fused._Pack.__init__
 

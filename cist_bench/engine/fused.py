@@ -281,6 +281,10 @@ class _LossGroup:
         self.first_value = torch.where(new, loss, self.first_value)
 
     def write_back(self) -> None:
+        if self.batched:
+            for loss in self.losses:
+                for name in type(loss).host_state:
+                    setattr(loss, name, getattr(self.base, name))
         with torch.no_grad():
             for k, loss in enumerate(self.losses):
                 own_p, own_b = dict(loss.named_parameters()), dict(loss.named_buffers())

@@ -163,6 +163,9 @@ class DistillationLoss(nn.Module):
     #: hyperparameters (float attributes) used in arithmetic only: under vmap they become
     #: per-member tensors, so members differing only in them are evaluated together
     batched_hparams: ClassVar[tuple[str, ...]] = ()
+    #: plain attributes the loss updates as it trains (not tensors), carried back from the
+    #: stacked copy to every member of a fused pack after an epoch
+    host_state: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, ce_weight: float) -> None:
         super().__init__()

@@ -147,6 +147,10 @@ def cist_rows(t: Tensor, s: Tensor, tau_t: Tensor, tau_s: Tensor) -> tuple[Tenso
 class _CISTBase(DistillationLoss):
     """All CIST variants; the registered subclasses fix what their ablation changes."""
 
+    batched = True
+    batched_hparams: tuple[str, ...] = ("tau_min", "tau_max", "kd_weight")
+    host_state = ("_calib_batches",)
+
     #: how τ_s is set: "ratio" (m_s/ρ_s), "shared" (= τ_t) or "fixed" (= τ_ref)
     student_tau: str = "ratio"
     #: how τ_t is set: "ratio" (m_t/ρ) or "entropy" (bisection to a target entropy)
@@ -181,17 +185,21 @@ class _CISTBase(DistillationLoss):
         self.conf_exp, self.diff_exp, self.reweight = float(conf_exp), float(diff_exp), reweight
         self.kd_weight = float(kd_weight)
         self.target_entropy, self.bisection_steps = float(target_entropy), int(bisection_steps)
-        # ``ratio: auto`` state: plain floats (no device sync per step), saved in the state dict
-        # through get/set_extra_state so that a resumed run keeps the calibrated ρ
-        self._calib_sum, self._calib_rows, self._calib_batches = 0.0, 0.0, 0
+        # ``ratio: auto`` state: the running sums on the device (no host read per step; under
+        # vmap, one row per member of a fused pack), saved in the state dict through
+        # get/set_extra_state so that a resumed run keeps the calibrated ρ; the count of
+        # calibration batches is a plain number (it is the same for every member)
+        self.register_buffer("_calib", torch.zeros(2, dtype=torch.float64), persistent=False)
+        self._calib_batches = 0
 
     def get_extra_state(self) -> dict[str, float]:
-        return {"calib_sum": self._calib_sum, "calib_rows": self._calib_rows,
-                "calib_batches": self._calib_batches}
+        calib_sum, calib_rows = self._calib.tolist()
+        return {"calib_sum": calib_sum, "calib_rows": calib_rows, "calib_batches": self._calib_batches}
 
     def set_extra_state(self, state: dict[str, float]) -> None:
-        self._calib_sum = float(state["calib_sum"])
-        self._calib_rows = float(state["calib_rows"])
+        with torch.no_grad():
+            self._calib.copy_(torch.tensor([float(state["calib_sum"]), float(state["calib_rows"])],
+                                           dtype=torch.float64))
         self._calib_batches = int(state["calib_batches"])
 
     # ρ ------------------------------------------------------------------------------
@@ -200,22 +208,21 @@ class _CISTBase(DistillationLoss):
         total = torch.stack([m.sum(), torch.full_like(m[0], m.numel())])
         if dist.is_available() and dist.is_initialized():  # every rank calibrates the same ρ
             dist.all_reduce(total)
-        scale_sum, rows = total.tolist()
-        self._calib_sum += scale_sum
-        self._calib_rows += rows
+        self._calib.add_(total)
         self._calib_batches += 1
 
-    def current_ratio(self, t: Tensor) -> float:
-        """ρ for this batch: fixed, calibrating (first training batches), or calibrated."""
+    def current_ratio(self, t: Tensor) -> float | Tensor:
+        """ρ for this batch: fixed (a number), calibrating (first training batches) or
+        calibrated (a float64 0-dim tensor on the device)."""
         if self.ratio != "auto":
             return float(self.ratio)
         if self.training and self._calib_batches < AUTO_RATIO_BATCHES:
             self._update_calibration(t)
-        if self._calib_rows > 0:
-            mean_scale = self._calib_sum / self._calib_rows
+        if self._calib_batches > 0:
+            mean_scale = self._calib[0] / self._calib[1]
         else:  # evaluated before any training batch: use this batch's scale, store nothing
-            mean_scale = float(row_scale(t).mean())
-        return max(mean_scale, SCALE_EPS) / self.tau_ref
+            mean_scale = row_scale(t).mean().double()
+        return mean_scale.clamp_min(SCALE_EPS) / self.tau_ref
 
     # forward --------------------------------------------------------------------------
     def distill(self, s: Tensor, t: Tensor, y: Tensor | None,
@@ -244,7 +251,8 @@ class _CISTBase(DistillationLoss):
         kd = self.kd_weight * (w * per_row).mean()
         stats = temperature_stats(tau_t, tau_s, log_p_t, s.shape[0], s.device)
         stats["stats/weight_mean"], stats["stats/weight_std"] = mean_std(w)
-        stats["stats/ratio"] = torch.full((), rho, device=s.device)
+        stats["stats/ratio"] = (torch.full((), rho, device=s.device) if isinstance(rho, float)
+                                else rho.to(torch.float32).reshape(()))
         return kd, stats
 
 
@@ -311,6 +319,7 @@ class CISTEntropy(_CISTBase):
     (normalised, H/log C); the student's τ_s follows the ratio rule as in ``cist``."""
 
     teacher_tau = "entropy"
+    batched_hparams = ("kd_weight",)  # the bisection starts from log τ_min, log τ_max on the host
 
     def __init__(self, *, target_entropy: float = 0.5, ratio: float | Literal["auto"] = "auto",
                  tau_ref: float = 4.0, tau_min: float = 1.0, tau_max: float = 20.0,
