@@ -17,7 +17,10 @@ from cist_bench.spec import ModelSpec
 
 
 def resolve_device(use_gpu: bool, info: DistInfo) -> torch.device:
+    """The worker's GPU (its local rank's) when it asks for one and has one, else the CPU. On
+    a GPU, cuDNN picks its fastest convolution algorithms for the run's fixed shapes."""
     if use_gpu and torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
         return torch.device("cuda", info.local_rank % torch.cuda.device_count())
     return torch.device("cpu")
 

@@ -424,6 +424,7 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeach
     run = RunState(spec, hooks, info=info, device=device, teacher=teacher, cache_root=cache_root, task=task)
     for epoch in range(run.start_epoch, spec.train.epochs):
         batches = run.begin_epoch(epoch)
+        watch = _FiniteWatch(info, device, GPU_CHECK_EVERY)
         t0 = time.perf_counter()
         for step, (x, y, idx) in enumerate(batches):
             x, y = run.to_device(x, y)
@@ -432,7 +433,8 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeach
                 t_logits = run.teacher_logits(x, idx)
             out = run.loss_fn(s_logits, t_logits, y, progress=run.progress(epoch, step),
                               epoch_progress=run.epoch_progress, complete_targets=run.complete_targets)
-            _check_finite(out["loss"], info, device, epoch, step)
+            watch.update(out["loss"], step)
+            watch.check(epoch, step, last=step == run.steps_per_epoch - 1)
             run.optimizer.zero_grad(set_to_none=True)
             run.scaled(out["loss"]).backward()
             run.step()
@@ -499,14 +501,37 @@ def _take(loader: Iterable, n: int) -> Iterable:
         yield batch
 
 
-def _check_finite(loss: torch.Tensor, info: DistInfo, device: torch.device, epoch: int,
-                  step: int) -> None:
-    """Fail the run on a NaN/inf loss; every worker agrees (one flag all-reduce) so no rank is
-    left waiting in DDP's gradient all-reduce."""
-    bad = (~torch.isfinite(loss.detach())).to(torch.float64).reshape(1)
-    if info.distributed:
-        all_reduce_sum(bad, info)
-    if float(bad) > 0:
-        raise RunFailedError(f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, "
-                        f"step {step + 1}")
+class _FiniteWatch:
+    """Fails the run on a NaN/inf loss, naming the first step it happened at.
 
+    On a CPU the loss is read every step (reading costs nothing there). On a GPU the first bad
+    step and value are kept on the device and read every ``GPU_CHECK_EVERY`` steps and at the
+    end of the epoch, so the host never waits for the GPU in between; the steps after a bad one
+    only train on NaNs until then. Every worker agrees (one flag all-reduce at each read) so no
+    rank is left waiting in DDP's gradient all-reduce."""
+
+    def __init__(self, info: DistInfo, device: torch.device, every: int) -> None:
+        self.info, self.device = info, device
+        self.every = 1 if device.type == "cpu" else every
+        self.first = torch.tensor([-1.0, 0.0], dtype=torch.float64, device=device)  # step, value
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        bad = ~torch.isfinite(loss.detach()) & (self.first[0] < 0)
+        self.first = torch.where(bad, torch.stack([torch.full_like(self.first[0], step),
+                                                   loss.detach().to(torch.float64)]), self.first)
+
+    def check(self, epoch: int, step: int, *, last: bool) -> None:
+        if not last and (step + 1) % self.every:
+            return
+        flag = (self.first[:1] >= 0).to(torch.float64)
+        if self.info.distributed:
+            all_reduce_sum(flag, self.info)
+        if float(flag) > 0:
+            first_step, value = self.first.tolist()
+            if first_step < 0:  # another worker's loss: this one fails at the same read
+                first_step, value = step, float("nan")
+            raise RunFailedError(f"non-finite loss ({value}) at epoch {epoch + 1}, step {int(first_step) + 1}")
+
+
+#: on a GPU, how many steps pass between two reads of the non-finite flag
+GPU_CHECK_EVERY = 50
