@@ -280,3 +280,18 @@ def test_mixed_precision_on_a_gpu_is_refused_for_batchnorm_students() -> None:
     assert fusion_problem([mlp]) is None  # bf16 autocast of a student without BatchNorm
     fp16 = dataclasses.replace(mlp, train=dataclasses.replace(mlp.train, amp="fp16"))
     assert "gradient scaler" in fusion_problem([fp16])
+
+
+def test_members_of_a_dataset_without_tensor_draws_stack_their_own_loaders(cache, monkeypatch) -> None:
+    """A training split that is not a tensor dataset (ImageNet's files): each member draws from
+    its own loader in its own stream and the batches are stacked — the same numbers."""
+    from cist_bench.engine import fused
+
+    class _Nothing:
+        pass
+    monkeypatch.setattr(fused, "TensorImageDataset", _Nothing)  # as if no split were one
+    specs = [_with_lr(digits_run(loss, seed=seed), 0.05) for loss, seed in [("kd", 0), ("cist", 1)]]
+    separate, fused_out, _ = _separate_and_fused(specs, cache)
+    for a, b in zip(separate, fused_out, strict=True):
+        assert b.metrics["test"]["accuracy"] == a.metrics["test"]["accuracy"]
+        assert _close(b.metrics["test"]["nll"], a.metrics["test"]["nll"])
