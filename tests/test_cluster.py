@@ -237,8 +237,9 @@ def test_campaign_on_two_nodes_without_shared_storage_loses_nothing(cluster, cap
     assert len(trained) == 1  # one teacher, trained once across the cluster…
     assert (out / "teachers_cache" / trained[0]["key"] / "model.pt").is_file()  # …and shipped to the driver
     assert not (out / "checkpoints").exists() or not list((out / "checkpoints").rglob("state.pt"))
-    print(f"\n2-node smoke campaign: {len(recs)} runs ok on the driver, {len(trained)} teacher training, "
-          f"{wall:.1f} s", file=sys.stderr)
+    with capsys.disabled():  # the figures a closing note quotes (pytest -s)
+        print(f"\n2-node smoke campaign: {len(recs)} runs ok on the driver, {len(trained)} teacher training, "
+              f"{wall:.1f} s", file=sys.stderr)
     stamps = {k: r["finished"] for k, r in recs.items()}
     # a rerun redoes nothing and trains no teacher
     assert main(["run", str(SMOKE), "--address", c.address, "--output", str(out), "--no-report"]) == 0
