@@ -70,6 +70,22 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
+#: the file that marks a working folder as this benchmark's own (so a rerun may clear it)
+MARKER = ".asha_savings"
+
+
+def clear_output(work: Path) -> None:
+    """Empty ``work`` for a new measurement — only when this benchmark made it (its marker is
+    there) or it is empty; any other folder is refused, never deleted."""
+    if work.exists() and any(work.iterdir()):
+        if not (work / MARKER).is_file():
+            raise SystemExit(f"--output {work} is not empty and was not made by this benchmark; "
+                             "refusing to delete it (name a new or empty folder)")
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / MARKER).write_text("made by benchmarks/asha_savings.py; a rerun with this --output clears it\n")
+
+
 def run(args: argparse.Namespace) -> str:
     overrides = list(args.set or [])
     asha = load_suite(args.suite, overrides, num_samples=args.num_samples, need_search=True).search
@@ -83,8 +99,8 @@ def run(args: argparse.Namespace) -> str:
         assert [t.spec.run_id for t in a.trials] == [t.spec.run_id for t in f.trials]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     work = Path(args.output or tempfile.mkdtemp(prefix="asha_savings_"))
-    if work.exists() and args.output:
-        shutil.rmtree(work)
+    if args.output:
+        clear_output(work)
     cache = work / "teachers_cache"
 
     init_ray(None, num_cpus=args.num_cpus)

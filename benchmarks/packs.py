@@ -293,7 +293,7 @@ def write(report: Path, device_key: str, body: str) -> None:
     block = f"{begin}\n{body}{end}\n"
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1].lstrip("\n")
+        text = head + block + "\n" + rest.split(end, 1)[1].lstrip("\n")
     else:
         marker = "<!-- quickstart -->"
         text = text.replace(marker, block + "\n" + marker) if marker in text \

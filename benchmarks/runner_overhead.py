@@ -135,8 +135,9 @@ def main() -> None:
         f"--epochs {args.epochs} --campaign-runs {args.campaign_runs} --concurrency "
         f"{args.concurrency}` on {dt.date.today().isoformat()}: {platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}. The run: `cnn_small` student, `kd`, "
-        f"Fashion-MNIST ({args.train_size} training images, {args.epochs} epochs), teacher "
-        "trained and cached beforehand.",
+        f"Fashion-MNIST ({args.train_size} training images, {args.epochs} epochs). The plain-engine "
+        "rows use a teacher trained beforehand; each Ray campaign below trains its own copy into "
+        "its own output folder first.",
         "",
         "## One run",
         "",
@@ -152,9 +153,10 @@ def main() -> None:
         "",
         sc.to_markdown(index=False),
         "",
-        "Campaign wall time includes Ray start-up in the first campaign only (one Ray instance "
-        "serves all four) and the teacher (`tiny_cnn`, 1 epoch, a few seconds), which each "
-        "campaign trains once into its own output folder before its runs can start.",
+        "Campaign wall time does not include Ray's start-up (one Ray instance, started before "
+        "any timer, serves all four campaigns); it does include the teacher (`tiny_cnn`, 1 "
+        "epoch, a few seconds), which each campaign trains once into its own output folder "
+        "before its runs can start.",
         "",
         "## What this means for the design",
         "",
