@@ -74,8 +74,13 @@ def _print_plan(suite: Any, throughput: float, measured: Path | None = None) -> 
                   f"the measured throughput of packs ({'; '.join(est.basis)}; scaled to each pair by its "
                   f"training FLOPs per sample), {est.assumed_runs} runs and the teachers at an assumed {assumed}")
         else:
+            from cist_bench.engine.cost import MEASURED
+
+            source = measured or MEASURED
+            where = (f"{source} has no row for these runs' device" if source.is_file() else
+                     f"looked for {source}, which is not there (a checkout's reports/; pass --throughput-from)")
             print(f"  estimated compute: ≈{hours:,.3g} {unit}-hours at an assumed {assumed}; no pack "
-                  f"throughput measured for these runs' device (benchmarks/packs.py writes it)")
+                  f"throughput measured ({where}; benchmarks/packs.py writes it)")
     else:
         print("  estimated compute: unknown (a training-set size is only known once its data loads)")
     print(f"  report roles: proposed {suite.roles.proposed}, reference {suite.roles.reference}, "

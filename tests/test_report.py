@@ -346,3 +346,35 @@ def test_report_roles_come_from_the_records() -> None:
     # the defaults when no record names roles; explicit roles win over the records'
     md, _ = render(records_frame(recs), stem="x", roles=ReportRoles(), roles_note="the CLI")
     assert "### `cist` against each baseline" in md and "from the CLI" in md
+
+
+def test_the_leaderboard_legend_covers_no_point_and_no_teacher(tmp_path: Path) -> None:
+    """The legend sits beside the axes, inside the figure, so it covers no point, error bar or
+    teacher mark; its teacher entry is a legend-sized line, not the plot's 30-point-wide mark
+    (which stuck out of the legend over the quickstart's KJV error bars)."""
+    matplotlib = pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.lines import Line2D
+
+    from cist_bench.report.build import collect_records, records_frame
+    from cist_bench.report.plots import RC, figures
+    from cist_bench.report.tables import TaskView
+
+    quickstart = Path(__file__).resolve().parents[1] / "reports" / "quickstart.records.jsonl"
+    frame = records_frame(collect_records([RECORDS, quickstart], tmp_path))
+    counted = frame[(frame["status"] == "ok") & ~frame["is_search"]]
+    for task in sorted(counted["task"].dropna().unique()):
+        with matplotlib.rc_context(RC):  # as the report draws it
+            fig = dict(figures(TaskView.of(task, counted[counted["task"] == task])))["leaderboard"]
+        fig.set_dpi(110)
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        ax, renderer = fig.axes[0], canvas.get_renderer()
+        legend = ax.get_legend()
+        box, axes_box = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert box.x0 >= axes_box.x1, task  # beside the axes, not over them
+        assert box.x1 <= fig.bbox.x1 + 1 and box.y0 >= fig.bbox.y0 - 1, task  # and in the figure
+        labels = [t.get_text() for t in legend.get_texts()]
+        if "teacher" in labels:
+            handle = legend.legend_handles[labels.index("teacher")]
+            assert isinstance(handle, Line2D) and handle.get_markersize() < 10, task

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,6 +49,8 @@ def _offsets(k: int, width: float = 0.8) -> np.ndarray:
 
 
 def _leaderboard(view: TaskView, ax) -> None:
+    from matplotlib.lines import Line2D
+
     s = view.scale
     x = np.arange(len(view.pairs))
     offsets = _offsets(len(view.methods))
@@ -57,11 +60,15 @@ def _leaderboard(view: TaskView, ax) -> None:
         ax.errorbar(x + off, r["mean"] * s.factor, yerr=r["std"].fillna(0) * s.factor, fmt="o",
                     capsize=3, color=f"C{i}", label=view.header(m))
     teachers = runs.dropna(subset=["teacher_test"]).groupby("pair")["teacher_test"].mean().reindex(view.pairs)
+    handles, _ = ax.get_legend_handles_labels()
     if teachers.notna().any():
-        ax.scatter(x, teachers * s.factor, marker="_", s=900, color="black", label="teacher")
+        ax.scatter(x, teachers * s.factor, marker="_", s=900, color="black")
+        # the legend's own mark for it at a legend's size (the plot's is 30 points wide)
+        handles.append(Line2D([], [], color="black", linewidth=2, label="teacher"))
     ax.set_xticks(x, view.pairs)
     ax.set_ylabel(f"test {s.metric}{s.unit} ({s.better} is better)")
-    ax.legend(fontsize=7)
+    # beside the axes, never over the points or the teacher's line
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.grid(axis="y", alpha=0.3)
 
 
@@ -108,29 +115,35 @@ def _val_curves(view: TaskView, axes) -> None:
         axes[-1].text(0.5, 0.5, "no history recorded", ha="center", va="center", transform=axes[-1].transAxes)
 
 
+def figures(view: TaskView) -> list[tuple[str, Any]]:
+    """The task's figures, ``(kind, matplotlib Figure)``, not yet saved."""
+    from matplotlib.figure import Figure
+
+    out: list[tuple[str, Any]] = []
+    n = len(view.pairs)
+    fig = Figure(figsize=(max(4.5, 1.5 + 0.6 * n * len(view.methods)) + 1.2, 3.6), layout="constrained")
+    ax = fig.subplots()
+    ax.set_title(f"{view.name}: {KINDS['leaderboard']}", fontsize=8)
+    _leaderboard(view, ax)
+    out.append(("leaderboard", fig))
+    fig = Figure(figsize=(0.4 + 3.6 * n, 3.4), layout="constrained")
+    _entropy(view, fig.subplots(1, n, squeeze=False, sharey=True)[0])
+    fig.suptitle(f"{view.name}: teacher soft-label entropy per run", fontsize=9)
+    out.append(("entropy", fig))
+    fig = Figure(figsize=(0.4 + 3.6 * n, 3.2), layout="constrained")
+    _val_curves(view, fig.subplots(1, n, squeeze=False)[0])
+    fig.suptitle(f"{view.name}: {KINDS['val_curves']}", fontsize=9)
+    out.append(("val_curves", fig))
+    return out
+
+
 def draw(view: TaskView, folder: Path, stem: str) -> list[tuple[str, str]]:
     """Draw the task's figures into ``folder``; returns ``(file name, caption)`` pairs."""
     import matplotlib
-    from matplotlib.figure import Figure
 
-    out = []
-    n = len(view.pairs)
+    written = []
     with matplotlib.rc_context(RC):
-        fig = Figure(figsize=(max(4.5, 1.5 + 0.6 * n * len(view.methods)), 3.6), layout="constrained")
-        ax = fig.subplots()
-        ax.set_title(f"{view.name}: {KINDS['leaderboard']}", fontsize=8)
-        _leaderboard(view, ax)
-        out.append(("leaderboard", fig))
-        fig = Figure(figsize=(0.4 + 3.6 * n, 3.4), layout="constrained")
-        _entropy(view, fig.subplots(1, n, squeeze=False, sharey=True)[0])
-        fig.suptitle(f"{view.name}: teacher soft-label entropy per run", fontsize=9)
-        out.append(("entropy", fig))
-        fig = Figure(figsize=(0.4 + 3.6 * n, 3.2), layout="constrained")
-        _val_curves(view, fig.subplots(1, n, squeeze=False)[0])
-        fig.suptitle(f"{view.name}: {KINDS['val_curves']}", fontsize=9)
-        out.append(("val_curves", fig))
-        written = []
-        for kind, figure in out:
+        for kind, figure in figures(view):
             name = file_name(stem, view.name, kind)
             _save(figure, folder / name)
             written.append((name, KINDS[kind]))

@@ -306,7 +306,9 @@ def _unit_of_result(group: Group, executor: str):  # type: ignore[no-untyped-def
         try:
             point = round_point(config.get(POINT_KEY) or {})
             spec, hp = trial_spec(group.base, group.loss, group.fixed, point)
-        except Exception:  # an invalid point: nothing was trained, nothing to record
+        except (ValueError, TypeError) as exc:  # an invalid point (ConfigError): nothing was trained
+            logger.info("%s: trial %s proposed an invalid point %s, nothing to record (%s)", group.key,
+                        (result.metrics or {}).get("trial_index", "?"), config.get(POINT_KEY), exc)
             return None
         return Unit(spec, executor, int((result.metrics or {}).get("trial_index", -1)), point, hp)
 
