@@ -163,3 +163,31 @@ def test_dry_run_estimates_from_measured_pack_throughput(tmp_path, capsys) -> No
     # smoke's digits runs, scaled from the measured pair by FLOPs; its teacher at the assumption
     assert "6 of 6 runs from the measured throughput of packs" in out and "this CPU" in out
     assert "teachers at an assumed" in out
+    # no measurement file (a non-editable install has no reports/): the plan says where it looked
+    missing = tmp_path / "nowhere.json"
+    assert main(["validate", str(SMOKE), "--throughput-from", str(missing)]) == 0
+    out = capsys.readouterr().out
+    assert f"looked for {missing}, which is not there" in out and "--throughput-from" in out
+
+
+def test_a_packs_progress_line_names_the_member_at_that_epoch(tmp_path, capsys) -> None:
+    """``… sequential pack of 2, kd seed 1: epoch 2/3 …``: which run of the pack is there."""
+    import types
+
+    from cist_bench.config import load_suite
+    from cist_bench.runner.campaign import make_packs
+    from cist_bench.runner.experiment import Progress
+    from cist_bench.runner.trial import UNIT_KEY
+    from cist_bench.runner.unit import Unit
+
+    runs = [r for r in load_suite(SMOKE).runs() if r.loss.method in ("kd", "cist")][:2]
+    pack = make_packs([Unit(r, "local") for r in runs], "sequential", 8)[0]
+    assert pack.members
+    trial = types.SimpleNamespace(trial_id="t1", config={UNIT_KEY: pack.to_config()})
+    progress = Progress(str(tmp_path), "smoke", 2, metric="val_accuracy", interval=0)
+    second = pack.member_units()[1]
+    progress.on_trial_result(0, [], trial, {"epoch": 2, "epochs": 3, "run_id": second.run_id,
+                                            "val_accuracy": 0.5})
+    progress.on_step_end(0, [])
+    line = capsys.readouterr().err
+    assert f"sequential pack of 2, {second.spec.loss.method} seed {second.spec.seed}: epoch 2/3" in line, line

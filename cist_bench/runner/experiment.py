@@ -204,6 +204,7 @@ class Progress(tune.Callback):
         self.done: Counter[str] = Counter()
         self.running: set[str] = set()
         self.names: dict[str, str] = {}
+        self.members: dict[str, dict[str, str]] = {}  # a pack's trial: member run id → its name
         self.latest: dict[str, tuple[str, dict[str, Any]]] = {}
         self.t0 = self.last = time.perf_counter()
 
@@ -217,7 +218,9 @@ class Progress(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict[str, Any],
                         **info: Any) -> None:
         if "epoch" in result and not result.get("skipped"):
-            self.latest[trial.trial_id] = (self._name(trial), result)
+            name = self._name(trial)
+            member = self.members.get(trial.trial_id, {}).get(result.get("run_id"))
+            self.latest[trial.trial_id] = (f"{name}, {member}" if member else name, result)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.perf_counter()
@@ -237,6 +240,9 @@ class Progress(tune.Callback):
             unit = trial.config.get(UNIT_KEY)
             self.names[trial.trial_id] = Unit.from_config(unit).describe() if isinstance(unit, dict) \
                 else f"trial {trial_index_of(trial)}"
+            if isinstance(unit, dict) and unit.get("members"):  # a pack: which member a report is of
+                self.members[trial.trial_id] = {m.run_id: m.describe(short=True)
+                                                for m in Unit.from_config(unit).member_units()}
         return self.names[trial.trial_id]
 
     def _finished(self, trial: Any) -> None:

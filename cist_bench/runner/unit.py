@@ -113,12 +113,13 @@ class Unit:
         """The runs of a pack, in order (a single run: itself)."""
         return [Unit.from_config(m) for m in self.members] if self.members else [self]
 
-    def describe(self) -> str:
+    def describe(self, short: bool = False) -> str:
+        """``task pair method seed N`` (or ``trial N``); ``short``: without task and pair."""
         s = self.spec
         if self.members:
             return f"{s.task.name} {s.pair_name} {self.pack_mode or 'sequential'} pack of {len(self.members)}"
         trial = f" trial {self.trial_index}" if self.trial_index is not None else f" seed {s.seed}"
-        return f"{s.task.name} {s.pair_name} {s.loss.method}{trial}"
+        return f"{s.loss.method}{trial}" if short else f"{s.task.name} {s.pair_name} {s.loss.method}{trial}"
 
     def to_config(self) -> dict[str, Any]:
         return {"spec": to_dict(self.spec), "executor": self.executor, "trial_index": self.trial_index,
