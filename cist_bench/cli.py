@@ -127,6 +127,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if _output_is_uri(args):
         return EXIT_BAD_INPUT
+    tracking = _tracking(args, suite)
+    if tracking is None:
+        return EXIT_BAD_INPUT
+    args.tracking = tracking
     from cist_bench.runner.campaign import run_campaign
     from cist_bench.runner.cluster import shutdown_ray
 
@@ -146,7 +150,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             executor=args.executor or suite.executor, max_failures=args.max_failures,
             num_cpus=args.num_cpus, storage=args.storage, roles=_roles(suite),
             progress_interval=args.progress_interval, sources=sources, keep_ray=tuned,
-            pack=args.pack or suite.pack, pack_size=args.pack_size or suite.pack_size)
+            pack=args.pack or suite.pack, pack_size=args.pack_size or suite.pack_size, tracking=tracking)
     except ValueError as err:  # resources an executor cannot give, records of another schema
         print(f"error: {suite.path}: {err}", file=sys.stderr)  # version: nothing was started
         return EXIT_BAD_INPUT
@@ -176,6 +180,20 @@ def _output_is_uri(args: argparse.Namespace) -> bool:
     return False
 
 
+def _tracking(args: argparse.Namespace, suite: Any) -> list[Any] | None:
+    """The trackers of the suite and ``--track``, each checked installed (None: refused)."""
+    from cist_bench.errors import ConfigError
+    from cist_bench.runner.tracking import check_installed, parse_tracking
+
+    try:
+        specs = parse_tracking([*suite.tracking, *(args.track or [])])
+        check_installed(specs)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
+    return specs
+
+
 #: where the tuned-then-run protocol keeps its search, under the run's output
 SEARCH_SUBDIR = "search"
 
@@ -200,7 +218,7 @@ def _tune_then_plan(args: argparse.Namespace, suite: Any, output: Path) -> tuple
                             cache_root=storage_roots(output.resolve(), args.storage)[1],  # the runs' teachers
                             storage=args.storage, roles=_roles(suite),
                             suite_file=str(suite.path), progress_interval=args.progress_interval,
-                            keep_ray=True)
+                            keep_ray=True, tracking=getattr(args, "tracking", None))
     except SearchError as err:
         print(f"error: {err}", file=sys.stderr)
         return suite, {}, EXIT_BAD_INPUT
@@ -237,6 +255,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         return EXIT_OK
     if _output_is_uri(args):
         return EXIT_BAD_INPUT
+    tracking = _tracking(args, suite)
+    if tracking is None:
+        return EXIT_BAD_INPUT
     from cist_bench.runner.search import SearchError, run_search
 
     output = Path(args.output or Path("outputs") / plan.name)
@@ -245,7 +266,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                             resume=args.resume, max_concurrent=args.max_concurrent, num_cpus=args.num_cpus,
                             max_failures=args.max_failures, cache_root=args.teachers_cache,
                             storage=args.storage, roles=_roles(suite), suite_file=str(suite.path),
-                            progress_interval=args.progress_interval)
+                            progress_interval=args.progress_interval, tracking=tracking)
     except (SearchError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -375,6 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "gs://…, with options such as ?endpoint_override=host:port); without shared "
                             "storage a multi-node campaign still loses nothing (records and teachers travel "
                             "through Ray) but cannot use Ray Train")
+        p.add_argument("--track", action="append", default=None, metavar="TRACKER",
+                       help="log every run (search trials included) to mlflow[=URI] or wandb[=PROJECT] "
+                            "(repeatable; adds to the suite's `tracking`); offline by default: MLflow "
+                            "in <output>/mlflow.db, W&B offline runs in <output>/wandb")
         p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
         p.add_argument("--progress-interval", type=float, default=15.0, metavar="SECONDS",
                        help="seconds between the progress lines about the trials in flight (epoch k/N and "

@@ -173,6 +173,9 @@ class SuiteFile:
     trial per run"""
     pack_size: PositiveInt = 8
     """the most runs in one pack"""
+    tracking: list[Str] = dataclasses.field(default_factory=list)
+    """trackers every run is logged to: mlflow[=URI], wandb[=PROJECT] (offline by default;
+    ``--track`` adds more)"""
     train: TrainSpec = dataclasses.field(default_factory=TrainSpec)
     """the students' recipe (also the base of teacher recipes)"""
     resources: ResourceSpec = dataclasses.field(default_factory=ResourceSpec)

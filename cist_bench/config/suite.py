@@ -72,6 +72,8 @@ class Suite:
     executor: str
     pack: str = "auto"
     pack_size: int = 8
+    #: trackers (``mlflow[=URI]``, ``wandb[=PROJECT]``) every run is logged to
+    tracking: tuple[str, ...] = ()
     roles: ReportRoles = field(default_factory=ReportRoles)
     #: the merged mapping after includes and overrides (as validated)
     config: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -469,7 +471,7 @@ class _Builder:
                 sizes[key] = check_data(task, render_loc(loc), self.origins.lookup(loc, self.path))
         out = Suite(name=suite.name, path=self.path, description=suite.description, seeds=tuple(suite.seeds),
                     max_concurrent=suite.max_concurrent, executor=suite.executor, pack=suite.pack,
-                    pack_size=suite.pack_size, roles=suite.report,
+                    pack_size=suite.pack_size, tracking=tuple(suite.tracking), roles=suite.report,
                     config=self.data, _runs=tuple(runs), _train_sizes=sizes)
         if suite.search is not None:
             from cist_bench.config.search import build_search

@@ -50,6 +50,7 @@ from cist_bench.runner.experiment import (
     unit_resources,
 )
 from cist_bench.runner.teachers import needs_teacher
+from cist_bench.runner.tracking import tracking_callbacks
 from cist_bench.runner.unit import Context, Unit
 from cist_bench.spec import RunSpec, canonical_json, to_dict
 
@@ -152,7 +153,8 @@ def run_campaign(runs: list[RunSpec], output: str | Path, *, suite: str = "campa
                  roles: dict[str, str] | None = None,
                  progress_interval: float = PROGRESS_INTERVAL_S,
                  sources: dict[str, dict[str, Any]] | None = None, pack: str = "auto",
-                 pack_size: int = 8, cache_root: str | None = None) -> CampaignResult:
+                 pack_size: int = 8, cache_root: str | None = None,
+                 tracking: list[Any] | None = None) -> CampaignResult:
     """Run every run not yet recorded ok; return counts. Ray starts (or is joined) here.
 
     ``output``: the driver's folder (records, models, Tune state); ``storage``: a path or URI
@@ -160,7 +162,8 @@ def run_campaign(runs: list[RunSpec], output: str | Path, *, suite: str = "campa
     checkpoints, default the output folder. ``sources``: run id → where its loss
     hyperparameters came from (``HparamsSource`` as data, e.g. a search's winner); runs not in
     it are ``fixed``. ``pack``/``pack_size``: how runs are grouped into trials
-    (:func:`make_packs`).
+    (:func:`make_packs`). ``tracking``: trackers every run is logged to
+    (:mod:`cist_bench.runner.tracking`).
 
     Raises ``ValueError`` (before anything trains) when a run's resources do not fit its
     executor, and :class:`~cist_bench.runner.cluster.ClusterCheckError` (a ``ValueError``) when
@@ -201,7 +204,8 @@ def run_campaign(runs: list[RunSpec], output: str | Path, *, suite: str = "campa
             ctx, name=f"{suite}-{time.strftime('%Y%m%d-%H%M%S')}", storage=output / "ray" / "tune",
             param_space=grid(units), resources=unit_resources(cluster),
             concurrency=default_concurrency(units, cluster, max_concurrent),
-            callbacks=[Progress(str(output), suite, len(pending), interval=progress_interval)],
+            callbacks=[Progress(str(output), suite, len(pending), interval=progress_interval),
+                       *tracking_callbacks(tracking, str(output), suite, suite)],
             reuse_actors=reusable(units))
         errors = grid_errors(experiment.fit(), planned_unit)
         jobs.finish()

@@ -70,6 +70,7 @@ from cist_bench.runner.experiment import (
     tuner,
     unit_resources,
 )
+from cist_bench.runner.tracking import tracking_callbacks
 from cist_bench.runner.trial import POINT_KEY, UNIT_KEY
 from cist_bench.runner.unit import Context, Unit, checkpoint_rel, storage_of
 from cist_bench.search.best import select_best, write_best
@@ -253,7 +254,7 @@ def _asha(plan: SearchPlan, group: Group, units: list[Unit], output: Path) -> An
 
 def _shared_tuner(plan: SearchPlan, name: str, groups: list[Group], ctx: Context, units: dict[str, list[Unit]],
                   cluster: dict[str, Any], *, resume: bool, concurrency: int, output: Path,
-                  progress_interval: float) -> tune.Tuner:
+                  progress_interval: float, tracking: list[Any] | None = None) -> tune.Tuner:
     """One experiment for several groups of planned trials (random or grid search)."""
     if plan.scheduler.name == "fifo":
         schedulers: dict[str, Any] = {g.key: FIFOScheduler() for g in groups}
@@ -268,11 +269,13 @@ def _shared_tuner(plan: SearchPlan, name: str, groups: list[Group], ctx: Context
                  concurrency=concurrency, metric=groups[0].metric, mode=groups[0].mode, scheduler=scheduler,
                  num_samples=1, restore=resume, reuse_actors=reusable(every),
                  callbacks=[Progress(str(output), f"search {label}", len(every), groups[0].metric,
-                                     interval=progress_interval)])
+                                     interval=progress_interval),
+                            *tracking_callbacks(tracking, str(output), f"{plan.name} search", plan.name)])
 
 
 def _optuna_tuner(plan: SearchPlan, group: Group, ctx: Context, cluster: dict[str, Any], *, resume: bool,
-                  concurrency: int, output: Path, progress_interval: float) -> tune.Tuner:
+                  concurrency: int, output: Path, progress_interval: float,
+                  tracking: list[Any] | None = None) -> tune.Tuner:
     """One group's experiment with Tune's OptunaSearch proposing its points (TPE, seeded)."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
@@ -289,7 +292,8 @@ def _optuna_tuner(plan: SearchPlan, group: Group, ctx: Context, cluster: dict[st
                  num_samples=plan.num_samples, restore=resume,
                  reuse_actors=reusable([Unit(group.base, ctx.proposals["executor"])]),
                  callbacks=[Progress(str(output), group.method, plan.num_samples, group.metric,
-                                     interval=progress_interval)])
+                                     interval=progress_interval),
+                            *tracking_callbacks(tracking, str(output), f"{plan.name} search", plan.name)])
 
 
 def _clear_unsaved(path: Path, resume: bool) -> None:
@@ -325,7 +329,8 @@ def run_search(plan: SearchPlan, output: str | Path, *, executor: str = "auto", 
                resume: bool = False, max_concurrent: int | None = None, num_cpus: int | None = None,
                max_failures: int = 1, keep_ray: bool = False, cache_root: str | Path | None = None,
                storage: str | None = None, roles: dict[str, str] | None = None,
-               suite_file: str | None = None, progress_interval: float = PROGRESS_INTERVAL_S) -> SearchResult:
+               suite_file: str | None = None, progress_interval: float = PROGRESS_INTERVAL_S,
+               tracking: list[Any] | None = None) -> SearchResult:
     """Run (or resume) a validated search; write the records, ``best_hparams.yaml`` and
     ``sensitivity.md`` (all in ``output``, on the driver: trials on any node reach them through
     the search's ledger). Ray starts (or is joined) here. ``storage``: a path or URI for
@@ -375,7 +380,8 @@ def run_search(plan: SearchPlan, output: str | Path, *, executor: str = "auto", 
                   flush=True)
             if plan.algorithm == "optuna":
                 result_grid = _optuna_tuner(plan, group, ctx, cluster, resume=resume, concurrency=concurrency,
-                                            output=output, progress_interval=progress_interval).fit()
+                                            output=output, progress_interval=progress_interval,
+                                            tracking=tracking).fit()
                 unit_of = _unit_of_result(group, executors[group.key])
                 errors = grid_errors(result_grid, unit_of)
                 units = [u for u in (unit_of(result_grid[i]) for i in range(len(result_grid))) if u]
@@ -383,7 +389,7 @@ def run_search(plan: SearchPlan, output: str | Path, *, executor: str = "auto", 
                 by_group = {g.key: group_units(g, executors[g.key], plan) for g in groups}
                 result_grid = _shared_tuner(plan, name, groups, ctx, by_group, cluster, resume=resume,
                                             concurrency=concurrency, output=output,
-                                            progress_interval=progress_interval).fit()
+                                            progress_interval=progress_interval, tracking=tracking).fit()
                 errors = grid_errors(result_grid, planned_unit)
                 units = [u for g in groups for u in by_group[g.key]]
             reconcile(units, ctx, errors)
