@@ -114,6 +114,9 @@ def test_cifar100_per_pair_reference_settings_are_in_the_expanded_specs() -> Non
         assert dkd["ramp"] == dkd_ls["ramp"] == "epoch"
     assert _hp(suite, "cifar100", "resnet32x4→resnet8x4", "ctkd")["ramp"] == "epoch"
     assert all(r.train.test_every_epoch for r in suite.runs())  # best-over-epochs, as the papers
+    for method in ("ttm", "wttm"):  # zkxufo/TTM README: --ttm_l 0.1 -r 1 -b 45
+        hp = _hp(suite, "cifar100", "vgg13→vgg8", method)
+        assert (hp["gamma"], hp["ce_weight"], hp["kd_weight"]) == (0.1, 1.0, 45.0)
 
 
 def test_imagenet_and_lm_recipes_follow_the_reference_code() -> None:

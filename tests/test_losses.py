@@ -50,6 +50,9 @@ SETTINGS: dict[str, dict] = {
     "skl": {"hp": {"alpha": 0.2}, "divergence": True, "invalid": {"alpha": 1.0}},
     "srkl": {"hp": {"alpha": 0.2}, "divergence": True, "invalid": {"alpha": -0.1}},
     "akl": {"hp": {"mu": 0.5}, "divergence": True, "invalid": {"mu": 2.0}},
+    # the teacher is transformed (T = 1/γ on its side only): not zero at s == t by design
+    "ttm": {"hp": {"gamma": 0.3, "kd_weight": 1.0}, "divergence": False, "invalid": {"gamma": 1.5}},
+    "wttm": {"hp": {"gamma": 0.3, "kd_weight": 1.0}, "divergence": False, "invalid": {"gamma": 0.0}},
 }
 ALL = list_losses()
 
@@ -75,7 +78,7 @@ def test_every_loss_has_settings() -> None:
 def test_expected_names_registered() -> None:
     expected = {"ce", "kd", "dkd", "ctkd", "dtkd", "dist", "cist", "cist_shared", "cist_noweight",
                 "cist_teacher_only", "cist_entropy", "fkl", "rkl", "tvd", "jsd", "skl", "srkl",
-                "akl"}
+                "akl", "ttm", "wttm"}
     assert expected <= set(ALL)
 
 
@@ -329,6 +332,46 @@ def test_dist_matches_formula() -> None:
     intra = 1 - np.mean([np.corrcoef(ys[:, c], yt[:, c])[0, 1] for c in range(10)])
     out = create_loss("dist", temperature=T, beta=1.0, gamma=2.0, kd_weight=0.5)(s, t, y)
     assert float(out["kd"]) == pytest.approx(0.5 * T * T * (inter + 2 * intra), rel=1e-4)
+
+
+@pytest.mark.parametrize("gamma", [0.1, 0.5, 1.0])
+def test_ttm_and_wttm_match_the_papers_equations(gamma: float) -> None:
+    """TTM: KL(p_t^γ/U ‖ softmax(s)), mean over rows, no T²; WTTM: the mean of U · KL; both plus
+    the CE term — written here from the paper's equations, probabilities raised to a power."""
+    s, t, y = make_batch(7)
+    s = s.clone().requires_grad_()
+    p_t = torch.softmax(t.double(), -1)
+    powered = p_t ** gamma
+    u = powered.sum(-1)
+    p_hat = powered / u[:, None]
+    log_q = torch.log_softmax(s.double(), -1)
+    kl = (p_hat * (p_hat.log() - log_q)).sum(-1)
+    ce = F.cross_entropy(s.double(), y)
+    assert torch.allclose(p_hat, torch.softmax(gamma * t.double(), -1))  # T = 1/γ on the teacher only
+    for name, kd in (("ttm", kl.mean()), ("wttm", (u * kl).mean())):
+        expected = 0.7 * ce + 3.0 * kd
+        out = create_loss(name, gamma=gamma, kd_weight=3.0, ce_weight=0.7)(s, t, y)
+        assert torch.allclose(out["loss"].double(), expected, rtol=1e-5), name
+        grad, = torch.autograd.grad(out["loss"], s)
+        want, = torch.autograd.grad(expected, s, retain_graph=True)
+        assert torch.allclose(grad.double(), want.double(), rtol=1e-4, atol=1e-7), name
+        assert out["stats/tau_t_mean"].item() == pytest.approx(1 / gamma)
+    # γ = 1: TTM is KD at T = 1 (without the T² factor, which is 1 there)
+    if gamma == 1.0:
+        kd_out = create_loss("kd", temperature=1.0, kd_weight=3.0, ce_weight=0.7)(s, t, y)
+        ttm_out = create_loss("ttm", gamma=1.0, kd_weight=3.0, ce_weight=0.7)(s, t, y)
+        assert torch.allclose(kd_out["loss"], ttm_out["loss"], rtol=1e-6)
+
+
+def test_wttm_weights_flat_teachers_more() -> None:
+    """U = Σ p^γ is largest for a flat teacher row: its sample counts more."""
+    t = torch.tensor([[8.0, 0.0, 0.0, 0.0], [0.1, 0.0, 0.0, 0.0]])
+    s = torch.zeros(2, 4, requires_grad=True)
+    out = create_loss("wttm", gamma=0.2, kd_weight=1.0, ce_weight=0.0)(s, t, torch.tensor([0, 0]))
+    out["loss"].backward()
+    assert s.grad[1].abs().sum() > 0 and out["stats/weight_std"] > 0
+    u = (torch.softmax(t, -1) ** 0.2).sum(-1)
+    assert u[1] > u[0]
 
 
 def test_ctkd_temperature_gradient_is_reversed() -> None:
