@@ -130,11 +130,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     tracking = _tracking(args, suite)
     if tracking is None:
         return EXIT_BAD_INPUT
-    args.tracking = tracking
     from cist_bench.runner.campaign import run_campaign
     from cist_bench.runner.cluster import shutdown_ray
 
     output = Path(args.output or Path("outputs") / suite.name)
+    from cist_bench.runner.tracking import at_home
+
+    tracking = args.tracking = at_home(tracking, output)  # the search's and the runs' in one store
     t0 = time.perf_counter()
     sources: dict[str, Any] = {}
     try:
@@ -261,6 +263,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from cist_bench.runner.search import SearchError, run_search
 
     output = Path(args.output or Path("outputs") / plan.name)
+    from cist_bench.runner.tracking import at_home
+
+    tracking = at_home(tracking, output)
     try:
         result = run_search(plan, output, executor=args.executor or suite.executor, address=args.address,
                             resume=args.resume, max_concurrent=args.max_concurrent, num_cpus=args.num_cpus,

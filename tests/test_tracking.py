@@ -137,3 +137,18 @@ def test_trackers_are_named_in_the_suite_or_on_the_command_line(tmp_path) -> Non
     bad.write_text(text + "\ntracking: mlflow\n")
     with pytest.raises(SuiteError, match="tracking"):
         load_suite(bad)
+
+
+def test_a_tuned_campaigns_search_and_runs_share_one_offline_store(tmp_path, offline) -> None:
+    """The fair protocol's search writes under <output>/search: its trials still go to the
+    campaign's <output>/mlflow.db (another experiment), not to a second store."""
+    pytest.importorskip("mlflow")
+    from cist_bench.runner.tracking import Tracking, at_home
+
+    home = tmp_path / "campaign"
+    specs = at_home(parse_tracking(["mlflow"]), home)
+    search = Tracking(specs, str(home / "search"), "suite search", "suite")
+    runs = Tracking(specs, str(home), "suite", "suite")
+    uris = {b.uri for t in (search, runs) for b in t._live()}
+    assert uris == {f"sqlite:///{home.resolve()}/mlflow.db"}
+    assert not (home / "search" / "mlflow.db").exists()

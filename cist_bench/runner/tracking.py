@@ -23,6 +23,7 @@ install (``pip install 'cist_bench[mlflow]'``).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -51,10 +52,13 @@ EPOCH_KEYS = ("val_", "train_loss")
 @dataclass(frozen=True)
 class TrackSpec:
     """One tracker: ``kind`` (mlflow, wandb) and its ``target`` (MLflow: tracking URI; W&B:
-    project), None for the default."""
+    project), None for the default; ``home``: the folder the offline defaults live in (the
+    campaign's output, so that a tuned campaign's search and runs share one store), else each
+    experiment's own output."""
 
     kind: str
     target: str | None = None
+    home: str | None = None
 
     @classmethod
     def parse(cls, text: str, field: str = "--track") -> TrackSpec:
@@ -116,6 +120,11 @@ def record_tags(record: dict[str, Any], suite: str) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------- backends
+
+
+def at_home(specs: list[TrackSpec], home: str | Path) -> list[TrackSpec]:
+    """``specs`` with their offline defaults under ``home``."""
+    return [dataclasses.replace(s, home=str(Path(home).resolve())) for s in specs]
 
 
 class _MLflow:
@@ -235,7 +244,8 @@ class Tracking(tune.Callback):
             self._backends = []
             for spec in self.specs:
                 try:
-                    self._backends.append(BACKENDS[spec.kind](spec.target, Path(self.output), self.experiment))
+                    self._backends.append(BACKENDS[spec.kind](spec.target, Path(spec.home or self.output),
+                                                              self.experiment))
                 except Exception as exc:  # a tracker that cannot start never stops the campaign
                     logger.warning("tracking with %s is off: %s", spec.kind, exc)
         return self._backends
