@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from gloo_workers import run_gloo_workers
 
 from cist_bench.data import create_task
 from cist_bench.engine import MemoryHooks, RunFailedError, evaluate, train_run
@@ -316,26 +317,10 @@ def test_data_parallel_workers_keep_one_learnt_temperature(tmp_path, cache) -> N
     """CTKD's temperature θ is a parameter of the loss, not of the student that DDP wraps: the
     engine averages its gradient over workers, so both ranks end with the same θ (two real
     gloo processes)."""
-    import socket
-    import subprocess
-    import sys
-
     spec = digits_run("ctkd")
     ensure_teacher(spec.teacher, spec.task, cache_root=cache)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    script = tmp_path / "worker.py"
-    script.write_text(CTKD_WORKER)
     out = tmp_path / "theta"
-    procs = [subprocess.Popen([sys.executable, str(script), str(rank), str(port), str(out), str(cache),
-                               json.dumps(to_dict(spec))]) for rank in range(2)]
-    try:
-        assert [p.wait(timeout=300) for p in procs] == [0, 0]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    run_gloo_workers(tmp_path, CTKD_WORKER, str(out), str(cache), json.dumps(to_dict(spec)))
     ranks = [json.loads((tmp_path / f"theta.{rank}").read_text()) for rank in range(2)]
     assert [r["world"] for r in ranks] == [2, 2]
     assert ranks[0]["theta"] == ranks[1]["theta"]

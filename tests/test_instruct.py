@@ -418,9 +418,7 @@ dist.destroy_process_group()
 def test_two_worker_generation_scores_equal_one_process(tmp_path: Path) -> None:
     """Each worker answers its shard; the summed scores and the kept answers are those of one
     process answering every prompt (two real gloo processes, no Ray)."""
-    import socket
-    import subprocess
-    import sys
+    from gloo_workers import run_gloo_workers
 
     from cist_bench.engine.batches import build_model
     from cist_bench.engine.distributed import DistInfo
@@ -429,20 +427,8 @@ def test_two_worker_generation_scores_equal_one_process(tmp_path: Path) -> None:
     source = str(_jsonl(tmp_path / "pairs.jsonl", _pairs(37)))
     options = {"source": source, "test_source": source, "val_size": 4, "max_length": 40,
                "max_prompt_length": 20, "generate_batch_size": 5}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    script = tmp_path / "worker.py"
-    script.write_text(DDP_WORKER)
     out = tmp_path / "ddp.json"
-    procs = [subprocess.Popen([sys.executable, str(script), str(rank), str(port), source, str(out),
-                               json.dumps(options)]) for rank in range(2)]
-    try:
-        assert [p.wait(timeout=300) for p in procs] == [0, 0]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    run_gloo_workers(tmp_path, DDP_WORKER, source, str(out), json.dumps(options))
     ddp = json.loads(out.read_text())
     task = create_task("instruct", **options)
     torch.manual_seed(3)
