@@ -353,9 +353,11 @@ def test_dolly_gpt2_suite_plans_without_its_data() -> None:
     assert by["fkl"]["ce_weight"] == 0.0 and by["jsd"]["beta"] == 0.1 and by["skl"]["alpha"] == 0.1
 
 
-def test_tiny_instruct_quickstart_through_ray(tmp_path: Path) -> None:
-    """suites/instruct_quickstart.yaml, shrunk with --set, end to end: teacher SFT, students,
-    records with test ROUGE-L and their generations, the report's Generations section."""
+def test_tiny_instruct_suite_through_ray(tmp_path: Path) -> None:
+    """suites/instruct_tuned.yaml (which includes instruct_fixed.yaml), shrunk with --set, end
+    to end: teacher SFT, the equal-budget search over τ ∈ {1, 2, 4}, the winners on fresh seeds,
+    records with test ROUGE-L and their generations, and the report's Generations section,
+    Hyperparameters section and temperature axis (table and figure) from the search's trials."""
     import os
     import subprocess
     import sys
@@ -368,8 +370,8 @@ def test_tiny_instruct_quickstart_through_ray(tmp_path: Path) -> None:
             "tasks.instruct.options.val_size=16", "tasks.instruct.options.train_size=96",
             "tasks.instruct.options.test_size=12", "tasks.instruct.options.val_generate_size=4",
             "tasks.instruct.pairs.0.teacher.model.name=gpt_tiny",
-            "tasks.instruct.pairs.0.teacher.train.epochs=1"]
-    cmd = [sys.executable, "-m", "cist_bench.cli", "run", str(SUITES / "instruct_quickstart.yaml"),
+            "tasks.instruct.pairs.0.teacher.train.epochs=1", "search.methods=[fkl, cist]"]
+    cmd = [sys.executable, "-m", "cist_bench.cli", "run", str(SUITES / "instruct_tuned.yaml"),
            "--output", str(out), "--report", str(tmp_path / "report.md"),
            *[a for s in sets for a in ("--set", s)]]
     env = {**os.environ, SESSION_MARK: mark, "CIST_BENCH_CACHE": str(tmp_path / "cache")}
@@ -384,8 +386,20 @@ def test_tiny_instruct_quickstart_through_ray(tmp_path: Path) -> None:
         assert r["status"] == "ok" and 0.0 <= r["metrics"]["test"]["rougeL"] <= 1.0
         assert len(r["generations"]) == 8 and all("prediction" in g for g in r["generations"])
         assert r["primary_metric"]["name"] == "rougeL"
+        assert r["hparams_source"]["kind"] == ("fixed" if r["method"] == "ce" else "tuned")
+    trials = [json.loads(p.read_text()) for p in sorted((out / "search" / "records").glob("*.json"))]
+    taus = sorted((r["method"], r["search"]["hparams"].get("temperature", r["search"]["hparams"].get("tau_ref")))
+                  for r in trials)
+    assert taus == [(m, t) for m in ("cist", "fkl") for t in (1.0, 2.0, 4.0)]
     report = (tmp_path / "report.md").read_text()
     assert "### Generations" in report and "Headline metric: **rougeL**" in report
+    axis = report[report.index("### Temperature axis (search trials)"):]
+    header = next(line for line in axis.splitlines() if line.startswith("| Pair"))
+    assert all(f"τ = {t}" in header for t in (1, 2, 4)), header
+    for method in ("fkl", "cist"):  # a row per method, its best τ's cell in bold
+        row = next(line for line in axis.splitlines() if line.startswith(f"| gpt_small→gpt_tiny | {method} "))
+        assert row.count("**") == 2, row
+    assert (tmp_path / "report.instruct.temperature.png").is_file()
 
 
 #: a worker of the two-process generation test: builds the same task and model as the test

@@ -13,7 +13,7 @@ from cist_bench.cli import main
 from cist_bench.losses import list_losses
 from cist_bench.results import ResultStore
 
-#: the language-model divergences are for token tasks (suites/instruct_quickstart.yaml, tested
+#: the language-model divergences are for token tasks (suites/instruct_fixed.yaml, tested
 #: in tests/test_instruct.py); they would run on digits too, but say nothing there
 LANGUAGE_ONLY = {"fkl", "rkl", "tvd", "jsd", "skl", "srkl", "akl"}
 

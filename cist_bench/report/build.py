@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from cist_bench.report import plots as plotting
-from cist_bench.report.fmt import md_table, paragraph, safe_name
+from cist_bench.report.fmt import Scale, md_table, paragraph, safe_name
 from cist_bench.report.load import ReportError, Source, collect_records, records_frame
 from cist_bench.report.stats import (
     BOOTSTRAP_RESAMPLES,
@@ -37,6 +37,7 @@ from cist_bench.report.tables import (
     search_table,
     wtl_table,
 )
+from cist_bench.report.temperature import is_grid, method_order, temperature_frame, temperature_table
 from cist_bench.results import ReportRoles, RunRecord
 from cist_bench.results.store import record_json
 from cist_bench.storage import atomic_write_text
@@ -170,6 +171,43 @@ def _task_section(view: TaskView, failed: int, figures: list[tuple[str, str]] | 
     return "\n".join(out), comparisons, long
 
 
+def _temperature_scale(trials: pd.DataFrame, view: TaskView | None) -> Scale:
+    if view is not None:
+        return view.scale
+    return Scale.for_values(str(trials["metric"].iloc[0]), bool(trials["higher_is_better"].iloc[0]),
+                            trials["val"].to_numpy())
+
+
+def _temperature_section(task: str, trials: pd.DataFrame, view: TaskView | None,
+                         figure: tuple[str, str] | None, plots_note: str) -> str:
+    scale = _temperature_scale(trials, view)
+    searches = ", ".join(f"`{n}`" for n in sorted(set(trials["search"])))
+    layout = (paragraph(
+        "Columns: the temperatures every method was trained at (a grid dimension of the search); a cell is "
+        f"the mean validation {scale.metric}{scale.unit} of the trials at that τ (n when more than one), "
+        "the method's best τ in **bold**.") if is_grid(trials) else paragraph(
+        "τ was drawn from a range: *τ searched* is the range of the trials' values; the lower and "
+        "upper half columns are the mean validation score of the trials with the lower and the "
+        "higher half of those τ."))
+    out = ["### Temperature axis (search trials)" if view is not None else f"## Temperature axis: task `{task}`",
+           "", paragraph(
+               f"Validation {scale.metric} against the distillation temperature, from the trials of the "
+               f"equal-budget search ({searches}) that ran their full budget: *τ is* names the searched "
+               "hyperparameter (`temperature` for a fixed-temperature method, `tau_ref` for CIST, whose "
+               "per-example temperatures average to it); each method's other searched coefficients vary "
+               "alongside τ, as the search drew them. *ρ(τ, val)*: Spearman's rank correlation over the "
+               "method's trials. Validation scores, one training seed (the search's): with few trials per "
+               "τ these are readings, not estimates; the leaderboards above are the test scores of each "
+               "method's best trial, on fresh seeds."), "", layout, "",
+           md_table(temperature_table(trials, scale, view.methods if view is not None else ()), left=4), ""]
+    if figure is not None:
+        name, caption = figure
+        out += [f"![{task}: {caption}]({name})", "", f"*{caption}.*", ""]
+    else:
+        out += [plots_note, ""]
+    return "\n".join(out)
+
+
 def _summary(views: list[TaskView], comparisons: list[Comparison], roles: ReportRoles) -> str:
     PROPOSED = roles.proposed
     out = ["## Summary across tasks", "", "### Average rank", "", paragraph(
@@ -252,7 +290,8 @@ def report_roles(records: Sequence[RunRecord]) -> tuple[ReportRoles, str]:
 def render(frame: pd.DataFrame, *, stem: str, title: str | None = None,
            figures: dict[str, list[tuple[str, str]]] | None = None,
            plots_note: str = "No figures were drawn.", roles: ReportRoles | None = None,
-           roles_note: str = "given") -> tuple[str, pd.DataFrame]:
+           roles_note: str = "given",
+           temperature_figures: dict[str, tuple[str, str]] | None = None) -> tuple[str, pd.DataFrame]:
     """The markdown of the report on ``frame`` (from :func:`records_frame`), and the numeric
     leaderboards (all tasks, long format). ``roles``: default, those of the records."""
     if roles is None:
@@ -276,12 +315,19 @@ def render(frame: pd.DataFrame, *, stem: str, title: str | None = None,
     parts = ["\n".join(head)]
     comparisons: list[Comparison] = []
     numeric = []
+    taus = temperature_frame(frame)
     for view in views:
         failed = int(((frame["task"] == view.name) & (frame["status"] != "ok")).sum())
         text, comps, long = _task_section(view, failed, (figures or {}).get(view.name), plots_note)
         parts.append(text)
+        if (taus["task"] == view.name).any():
+            parts.append(_temperature_section(view.name, taus[taus["task"] == view.name], view,
+                                              (temperature_figures or {}).get(view.name), plots_note))
         comparisons += comps
         numeric.append(long)
+    for task in sorted(set(taus["task"]) - set(tasks)):  # a search's output: trials, no runs
+        parts.append(_temperature_section(task, taus[taus["task"] == task], None,
+                                          (temperature_figures or {}).get(task), plots_note))
     parts.append(_summary(views, comparisons, roles))
     if not counted.empty:
         parts.append(_hyperparameters(counted))
@@ -318,18 +364,26 @@ def build_report(sources: Sequence[Source] | Source, output: str | os.PathLike[s
     folder.mkdir(parents=True, exist_ok=True)
 
     figures: dict[str, list[tuple[str, str]]] = {}
+    temperature_figures: dict[str, tuple[str, str]] = {}
     plots_note = "Figures not requested."
     if plots and not plotting.available():
         plots_note = "Figures not drawn: matplotlib is not installed."
         logger.warning(plots_note)
     elif plots:
         counted = frame[(frame["status"] == "ok") & ~frame["is_search"]]
+        views = {}
         for task in sorted(counted["task"].dropna().unique()):
-            view = TaskView.of(task, counted[counted["task"] == task], roles)
+            views[task] = view = TaskView.of(task, counted[counted["task"] == task], roles)
             figures[task] = plotting.draw(view, folder, stem)
+        taus = temperature_frame(frame)
+        for task in sorted(set(taus["task"])):
+            trials, view = taus[taus["task"] == task], views.get(task)
+            temperature_figures[task] = plotting.draw_temperature(
+                task, trials, _temperature_scale(trials, view),
+                method_order(trials, view.methods if view is not None else ()), folder, stem)
 
     markdown, numeric = render(frame, stem=stem, title=title, figures=figures, plots_note=plots_note,
-                               roles=roles, roles_note=roles_note)
+                               roles=roles, roles_note=roles_note, temperature_figures=temperature_figures)
     atomic_write_text(output, markdown)
     atomic_write_text(folder / f"{stem}.records.jsonl", "".join(record_json(r, None) + "\n" for r in records))
     if "csv" in formats and not numeric.empty:

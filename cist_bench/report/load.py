@@ -3,7 +3,10 @@
 A *source* is a results directory (``<dir>/records/*.json``, or a folder of record files), a
 JSON-lines file of records (``*.jsonl``, as exported beside every report), a single record
 (``*.json``) or a suite file (``*.yaml``), whose results directory is
-``<results_root>/<suite name>``. The same run id found in several sources is kept once.
+``<results_root>/<suite name>``. The same run id found in several sources is kept once. A
+results directory of the fair protocol (a suite with a ``search:`` block) also holds its search
+under ``<dir>/search/records/``: those trials are read with the runs (they carry ``search``
+provenance, so no leaderboard counts them; the report's search and temperature sections do).
 
 :func:`records_frame` flattens the records into one row per run: the task's primary metric at
 the validation-selected checkpoint and at the last epoch, the teacher's score, the pooled loss
@@ -35,6 +38,9 @@ Source = str | os.PathLike[str]
 #: the loss diagnostics (pooled over the test split) that become columns
 DIAGNOSTICS = ("teacher_entropy_mean", "teacher_entropy_std", "tau_t_mean", "tau_t_std",
                "tau_s_mean", "tau_s_std", "weight_mean", "weight_std", "ratio_mean")
+
+#: where the fair protocol keeps its search's trial records, under the campaign's results directory
+SEARCH_RECORDS = Path("search") / "records"
 
 #: metrics that never head a leaderboard, even when a record names them primary
 NEVER_HEADLINE = frozenset({"nll", "loss"})
@@ -94,6 +100,8 @@ def _read_source(source: Source, results_root: Path) -> list[RunRecord]:
         files = sorted(folder.glob("*.json"))
         if not files and folder == path:
             raise ReportError(f"{path}: neither a records/ folder nor record files (*.json) in it")
+        if folder != path:  # a campaign's results: its search's trials too, when it had one
+            files += sorted((path / SEARCH_RECORDS).glob("*.json"))
         return [read_record(_read_json(f), str(f)) for f in files]
     if path.is_file() and path.suffix == ".jsonl":
         return read_jsonl(path)

@@ -24,6 +24,8 @@ KINDS = {
     "entropy": "normalised teacher entropy per run (point: mean over the test split; bar: ± its std "
                "over test examples)",
     "val_curves": "validation score per epoch (mean over seeds)",
+    "temperature": "validation score of the search's trials against the temperature τ (mean over the "
+                   "trials at each τ; log scale)",
 }
 RC = {"svg.hashsalt": "cist_bench", "svg.fonttype": "path", "font.size": 9}
 
@@ -135,6 +137,53 @@ def figures(view: TaskView) -> list[tuple[str, Any]]:
     fig.suptitle(f"{view.name}: {KINDS['val_curves']}", fontsize=9)
     out.append(("val_curves", fig))
     return out
+
+
+def temperature_figure(task: str, trials: pd.DataFrame, scale, order: list[str]):
+    """Validation score against τ from the search's trials: one panel per pair, one colour per
+    method (:func:`~cist_bench.report.temperature.curves`); lines join a method's points only when
+    every method was trained at the same τ values (a grid)."""
+    from matplotlib.figure import Figure
+
+    from cist_bench.report.temperature import curves, is_grid
+
+    pairs = sorted(set(trials["pair"]))
+    lines = curves(trials)
+    joined = is_grid(trials)  # the same τ for every method: a curve; drawn from a range: points
+    fig = Figure(figsize=(1.6 + 3.8 * len(pairs), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(pairs), squeeze=False)[0]
+    for ax, pair in zip(axes, pairs, strict=True):
+        for i, m in enumerate(order):
+            curve = lines.get((pair, m))
+            if curve is None:
+                continue
+            style = ("-" if i < 10 else "--") if joined else "none"
+            ax.plot(curve.index, curve.to_numpy() * scale.factor, marker="o" if i < 10 else "s", markersize=4,
+                    color=f"C{i % 10}", linestyle=style, label=m)
+        taus = sorted(set(trials.loc[trials["pair"] == pair, "tau"]))
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        if len(taus) > 8:  # drawn from a range: a few round ticks across it
+            taus = [t for t in (0.25, 0.5, 1, 2, 4, 8, 16, 32) if min(taus) / 1.5 <= t <= max(taus) * 1.5]
+        ax.set_xticks(taus, [f"{t:g}" for t in taus])
+        ax.set_xlabel("temperature τ (CIST: its average τ, tau_ref)")
+        ax.set_title(pair)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"val {scale.metric}{scale.unit} ({scale.better} is better)")
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.suptitle(f"{task}: validation score against τ (search trials)", fontsize=9)
+    return fig
+
+
+def draw_temperature(task: str, trials: pd.DataFrame, scale, order: list[str], folder: Path,
+                     stem: str) -> tuple[str, str]:
+    """Draw the task's temperature figure into ``folder``; returns ``(file name, caption)``."""
+    import matplotlib
+
+    name = file_name(stem, task, "temperature")
+    with matplotlib.rc_context(RC):
+        _save(temperature_figure(task, trials, scale, order), folder / name)
+    return name, KINDS["temperature"]
 
 
 def draw(view: TaskView, folder: Path, stem: str) -> list[tuple[str, str]]:
