@@ -25,6 +25,7 @@ from cist_bench.report import (
     records_frame,
     render,
 )
+from cist_bench.report.fmt import Scale
 from cist_bench.report.load import task_metric
 from cist_bench.results import (
     SCHEMA_VERSION,
@@ -378,3 +379,63 @@ def test_the_leaderboard_legend_covers_no_point_and_no_teacher(tmp_path: Path) -
         if "teacher" in labels:
             handle = legend.legend_handles[labels.index("teacher")]
             assert isinstance(handle, Line2D) and handle.get_markersize() < 10, task
+
+
+def _trial(method: str, index: int, val: float, hparams: dict, *, task: str = "lm", stopped: bool = False):
+    """A search trial's record (validation score only, as trials have)."""
+    return read_record({
+        "schema_version": 2, "run_id": f"trial-{method}-{index}", "suite": "s", "task": task, "pair": "a→b",
+        "method": method, "seed": 9, "status": "ok", "error": None, "spec": SPEC,
+        "metrics": {"val": {"accuracy": val}}, "primary_metric": {"name": "accuracy", "higher_is_better": True},
+        "search": {"name": "tau", "id": "s1", "group": f"g-{method}", "budget": {"num_samples": 3},
+                   "objective": {}, "trial_index": index, "early_stopped": stopped, "config": hparams,
+                   "hparams": hparams}})
+
+
+def test_temperature_axis_from_the_search_trials() -> None:
+    """Every method's validation score per τ, computed here by hand from the trials: a grid (the
+    same τ for every method) gives a methods × τ table, the best τ in bold; CIST's τ is its
+    tau_ref; an early-stopped trial and a method without a temperature are left out."""
+    from cist_bench.report.temperature import temperature_frame, temperature_table
+
+    vals = {"fkl": {1.0: 0.30, 2.0: 0.34, 4.0: 0.33}, "rkl": {1.0: 0.32, 2.0: 0.31, 4.0: 0.29}}
+    trials = [_trial(m, i, v, {"temperature": t}) for m, by in vals.items() for i, (t, v) in enumerate(by.items())]
+    trials += [_trial("cist", i, 0.3 + 0.01 * i, {"tau_ref": t, "tau_min": 0.5, "tau_max": 8.0})
+               for i, t in enumerate((1.0, 2.0, 4.0))]
+    trials += [_trial("fkl", 3, 0.99, {"temperature": 4.0}, stopped=True),  # no full-budget score
+               _trial("ctkd", 0, 0.5, {"t_span": 3.0})]  # no temperature dimension
+    runs = [_record("lm", "a→b", m, s, 0.3) for m in ("ce", "fkl", "rkl", "cist") for s in range(2)]
+    frame = records_frame(runs + trials)
+    taus = temperature_frame(frame)
+    assert sorted(set(taus["method"])) == ["cist", "fkl", "rkl"] and len(taus) == 9
+    assert set(taus.loc[taus["method"] == "cist", "key"]) == {"tau_ref"}
+    md, _ = render(frame, stem="x")
+    axis = _section(md, "### Temperature axis (search trials)")
+    assert _row(axis, "a→b", "fkl")[3:] == ["3", "30.00", "**34.00**", "33.00", "2", "34.00", "+0.50"]
+    assert _row(axis, "a→b", "rkl")[3:] == ["3", "**32.00**", "31.00", "29.00", "1", "32.00", "-1.00"]
+    assert _row(axis, "a→b", "cist")[2:5] == ["`tau_ref`", "3", "30.00"]
+    # drawn from a range instead: best τ, ρ and the halves, by hand
+    drawn = [_trial("kd", i, v, {"temperature": t, "kd_weight": 1.0})
+             for i, (t, v) in enumerate(((1.1, 0.5), (1.7, 0.6), (2.9, 0.7), (5.3, 0.4), (3.3, 0.45), (6.1, 0.41),
+                                         (7.2, 0.42), (1.3, 0.55), (2.2, 0.65)))]
+    table = temperature_table(temperature_frame(records_frame(drawn)), Scale("accuracy", True, True))
+    row = table.iloc[0]
+    assert row["τ searched"] == "1.1–7.2" and row["Best τ"] == "2.9"
+    assert row["val, lower half of τ"] == "60.00" and row["val, upper half of τ"] == "42.00"  # 5 | 4 trials
+
+
+def test_a_campaign_directory_brings_its_search_trials(tmp_path: Path) -> None:
+    """The fair protocol's output (records/ and search/records/): the trials are read with the runs
+    and kept out of the leaderboards."""
+    runs = [_record("t", "a→b", m, s, 0.5 + 0.01 * s) for m in ("ce", "kd") for s in range(2)]
+    store = ResultStore(tmp_path / "out")
+    for r in runs:
+        store.write(r)
+    trials = ResultStore(tmp_path / "out" / "search")
+    for i, t in enumerate((1.0, 2.0)):
+        trials.write(_trial("kd", i, 0.4 + 0.1 * i, {"temperature": t}, task="t"))
+    frame = load_records(tmp_path / "out")
+    assert len(frame) == 6 and int(frame["is_search"].sum()) == 2
+    md, _ = render(frame, stem="x")
+    assert "## Search" in md and "### Temperature axis (search trials)" in md
+    assert _row(_section(md, "### Leaderboard: validation-selected checkpoint"), "a→b")[3].endswith("(n=2)**")

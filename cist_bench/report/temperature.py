@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from cist_bench.report.fmt import MISSING, Scale, sig
+from cist_bench.report.fmt import MISSING, Scale
 from cist_bench.report.sensitivity import spearman
 
 #: the searched hyperparameter that is a method's temperature: a fixed temperature for the KD
@@ -69,8 +69,13 @@ def is_grid(trials: pd.DataFrame) -> bool:
     return 1 < trials["tau"].nunique() <= MAX_COLUMNS
 
 
+def tau_text(tau: float) -> str:
+    """A temperature as written in a suite: ``1``, ``2.5``, ``0.723`` (three significant digits)."""
+    return f"{tau:.3g}"
+
+
 def tau_label(tau: float) -> str:
-    return f"τ = {sig(tau, 3)}"
+    return f"τ = {tau_text(tau)}"
 
 
 def _best_tau(g: pd.DataFrame, hib: bool) -> tuple[float, float]:
@@ -101,10 +106,10 @@ def temperature_table(trials: pd.DataFrame, scale: Scale, preferred: Sequence[st
             else:
                 order = np.argsort(g["tau"].to_numpy(), kind="stable")
                 lower, upper = np.array_split(order, 2)
-                row["τ searched"] = f"{sig(g['tau'].min(), 3)}–{sig(g['tau'].max(), 3)}"
+                row["τ searched"] = f"{tau_text(g['tau'].min())}–{tau_text(g['tau'].max())}"
                 row["val, lower half of τ"] = scale.value(g["val"].iloc[lower].mean()) if len(lower) else MISSING
                 row["val, upper half of τ"] = scale.value(g["val"].iloc[upper].mean()) if len(upper) else MISSING
-            row["Best τ"] = sig(best_tau, 3)
+            row["Best τ"] = tau_text(best_tau)
             row[f"val{scale.unit} at best τ"] = scale.value(best_val)
             rho = spearman(g["tau"].tolist(), g["val"].tolist())
             row["ρ(τ, val)"] = MISSING if math.isnan(rho) else f"{rho:+.2f}"
