@@ -24,8 +24,8 @@ Where the paper and the reference code differ, this follows the code (RepDistill
 the paper trains in two stages (the student's lower half on the hint alone with ½‖·‖², then the
 whole student by KD), the code in one stage with CE and the hint's element-mean squared error,
 and the code's regressor adds BatchNorm and ReLU. Defaults are mdistiller's CIFAR-100 setting
-(``configs/cifar100/fitnet.yaml`` and its defaults: hint layer 2, CE weight 1, feature weight
-100; RepDistiller's scripts use ``-b 100`` as well).
+(``mdistiller/engine/cfg.py``, the ``FITNET`` block: hint layer 2, CE weight 1, feature weight
+100; RepDistiller's ``train_student.py`` hint layer 2 with ``-b 100`` in its scripts).
 """
 
 from __future__ import annotations
