@@ -327,12 +327,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_ls(args: argparse.Namespace) -> int:
     what = args.what
     if what == "losses":
-        from cist_bench.losses import LOSSES, list_losses, loss_params
+        from cist_bench.losses import LOSSES, list_losses, loss_params, loss_reference
 
         for name in list_losses():
+            cls = LOSSES.get(name)
             params = ", ".join(f"{p.name}={p.default!r}" for p in loss_params(name).values())
-            free = "" if LOSSES.get(name).needs_teacher else "  [no teacher]"
-            print(f"{name:<18} {params}{free}")
+            free = "" if cls.needs_teacher else "  [no teacher]"
+            features = f"  [features: {', '.join(sorted(cls.features))}]" if cls.features else ""
+            print(f"{name:<18} {params}{free}{features}")
+            print(f"{'':<18} {loss_reference(name)}")
     elif what == "models":
         from cist_bench.models import list_models
 

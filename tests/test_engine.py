@@ -325,3 +325,38 @@ def test_data_parallel_workers_keep_one_learnt_temperature(tmp_path, cache) -> N
     assert [r["world"] for r in ranks] == [2, 2]
     assert ranks[0]["theta"] == ranks[1]["theta"]
     assert ranks[0]["theta"] != 1.0  # it moved from the reference code's initial value
+
+
+def test_feature_losses_train_with_their_modules_checkpointed_and_counted(cache) -> None:
+    """FitNet and RKD train on digits (teacher online, student through forward_stages); FitNet's
+    regressor is sized by bind before the optimiser, trained with the student, saved in the
+    checkpoint, restored on resume and counted in ``loss_params``."""
+    import io
+
+    from cist_bench.engine.loop import RunState
+    from cist_bench.spec import LossSpec
+
+    one = dataclasses.replace(TRAIN, epochs=1)
+    fit = dataclasses.replace(digits_run("kd"), loss=LossSpec("fitnet", {"hint_layer": 1}),
+                              student=ModelSpec("tiny_cnn", {"width": 4}), train=one)
+    hooks = MemoryHooks()
+    out = train(fit, hooks, cache=cache)
+    assert math.isfinite(out.metrics["test"]["accuracy"])
+    assert out.loss_params == 8 * 16 + 16 + 2 * 16  # 1x1 conv 8 → 16 channels, BN(16)
+    assert out.diagnostics["val"]["hint_mse_mean"] > 0 and "hint_mse_mean" in out.diagnostics["train"]
+    saved = torch.load(io.BytesIO(hooks.state["loss"]), weights_only=True)
+    assert saved["regressor.0.weight"].shape == (16, 8, 1, 1) and "regressor.1.running_var" in saved
+
+    teacher = ensure_teacher(fit.teacher, fit.task, cache_root=cache)
+    resumed = RunState(dataclasses.replace(fit, train=dataclasses.replace(TRAIN, epochs=2)),
+                       MemoryHooks(resume_from=hooks.state), info=DistInfo(), device=torch.device("cpu"),
+                       teacher=teacher, cache_root=cache)
+    assert resumed.start_epoch == 1
+    for key, value in resumed.loss_fn.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    in_optimiser = {id(p) for g in resumed.optimizer.param_groups for p in g["params"]}
+    assert {id(p) for p in resumed.loss_fn.parameters()} <= in_optimiser
+
+    rkd = train(dataclasses.replace(fit, loss=LossSpec("rkd"), student=ModelSpec("tiny_mlp")), cache=cache)
+    assert math.isfinite(rkd.metrics["test"]["accuracy"]) and rkd.loss_params == 0
+    assert rkd.diagnostics["train"]["rkd_angle_mean"] > 0

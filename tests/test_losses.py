@@ -4,6 +4,10 @@
 ``test_every_loss_has_settings``). Properties are checked against independent hand
 computations, and golden values at fixed seeds are pinned in ``fixtures/loss_golden.json``
 (regenerate deliberately with ``CIST_BENCH_REGEN_GOLDEN=1 pytest tests/test_losses.py``).
+
+Feature losses (a non-empty ``features`` declaration) get stage outputs besides the logits:
+:func:`call` makes them (fixed shapes, student and teacher of different widths), binds the loss
+to their shapes and passes them, so every registry-parametrised test covers them too.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cist_bench.errors import HyperparameterTypeError, UnknownNameError
-from cist_bench.losses import create_loss, list_losses, loss_params
+from cist_bench.errors import ConfigError, HyperparameterTypeError, UnknownNameError
+from cist_bench.losses import LOSSES, DistillationLoss, create_loss, list_losses, loss_params
 from cist_bench.losses.cist import cist_weights, entropy_temperature
 from cist_bench.losses.dkd import dkd_parts
+from cist_bench.models._base import StageOutput, StageShapes
 
 GOLDEN = Path(__file__).parent / "fixtures" / "loss_golden.json"
 
@@ -53,8 +58,42 @@ SETTINGS: dict[str, dict] = {
     # the teacher is transformed (T = 1/γ on its side only): not zero at s == t by design
     "ttm": {"hp": {"gamma": 0.3, "kd_weight": 1.0}, "divergence": False, "invalid": {"gamma": 1.5}},
     "wttm": {"hp": {"gamma": 0.3, "kd_weight": 1.0}, "divergence": False, "invalid": {"gamma": 0.0}},
+    # the regressor maps the student's feature: not zero at equal features
+    "fitnet": {"hp": {"hint_layer": 1, "kd_weight": 10.0}, "divergence": False, "invalid": {"kd_weight": -1.0}},
+    "rkd": {"hp": {}, "divergence": True, "invalid": {"angle_weight": -50.0}},
 }
 ALL = list_losses()
+FEATURE_LOSSES = [n for n in ALL if LOSSES.get(n).features]
+
+#: stage shapes (without the batch) of the test features: the teacher is wider than the student
+STUDENT_STAGES, TEACHER_STAGES = ((4, 8, 8), (8, 4, 4), (16, 2, 2)), ((6, 8, 8), (12, 4, 4), (24, 2, 2))
+
+
+def make_features(s: torch.Tensor, t: torch.Tensor, seed: int = 0,
+                  same: bool = False) -> tuple[StageOutput, StageOutput]:
+    """Student and teacher stage outputs for logit rows ``s, t`` (N, C): post-ReLU maps and
+    an embedding per stage list; ``same``: the student's are copies of the teacher's."""
+    g = torch.Generator().manual_seed(seed + 1000)
+    n = s.shape[0]
+    t_stages = [torch.randn(n, *shape, generator=g).relu() * 2 for shape in TEACHER_STAGES]
+    t_out = StageOutput(t, t_stages, torch.randn(n, 24, generator=g) * 2)
+    if same:
+        return StageOutput(s, [f.clone() for f in t_stages], t_out.embedding.clone()), t_out
+    s_stages = [torch.randn(n, *shape, generator=g).relu() for shape in STUDENT_STAGES]
+    return StageOutput(s, s_stages, torch.randn(n, 16, generator=g)), t_out
+
+
+def call(loss_fn: DistillationLoss, s: torch.Tensor, t: torch.Tensor | None, y: torch.Tensor | None,
+         features: tuple[StageOutput, StageOutput] | None = None, **kwargs) -> dict[str, torch.Tensor]:
+    """``loss_fn(s, t, y, **kwargs)``; a feature loss also gets (made, bound) features."""
+    if not loss_fn.features:
+        return loss_fn(s, t, y, **kwargs)
+    if features is None:
+        features = make_features(s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1]))
+    if not getattr(loss_fn, "_bound", False):
+        loss_fn.bind(StageShapes.of(features[0]), StageShapes.of(features[1]))
+        loss_fn._bound = True
+    return loss_fn(s, t, y, features=features, **kwargs)
 
 
 def centre(z: torch.Tensor) -> torch.Tensor:
@@ -78,7 +117,7 @@ def test_every_loss_has_settings() -> None:
 def test_expected_names_registered() -> None:
     expected = {"ce", "kd", "dkd", "ctkd", "dtkd", "dist", "cist", "cist_shared", "cist_noweight",
                 "cist_teacher_only", "cist_entropy", "fkl", "rkl", "tvd", "jsd", "skl", "srkl",
-                "akl", "ttm", "wttm"}
+                "akl", "ttm", "wttm", "fitnet", "rkd"}
     assert expected <= set(ALL)
 
 
@@ -91,7 +130,15 @@ def test_contract_finite_and_gradients(name: str) -> None:
     s.requires_grad_(True)
     t.requires_grad_(True)
     loss_fn = create_loss(name, **SETTINGS[name]["hp"])
-    out = loss_fn(s, t, y, progress=0.5)
+    features = None
+    if loss_fn.features:
+        s_feat, t_feat = make_features(s, t)
+        s_feat = s_feat._replace(stages=[f.requires_grad_() for f in s_feat.stages],
+                                 embedding=s_feat.embedding.requires_grad_())
+        t_feat = t_feat._replace(stages=[f.requires_grad_() for f in t_feat.stages],
+                                 embedding=t_feat.embedding.requires_grad_())
+        features = (s_feat, t_feat)
+    out = call(loss_fn, s, t, y, features, progress=0.5)
     assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
     torch.testing.assert_close(out["loss"], out["ce"] + out["kd"])
     for key in ("tau_t_mean", "tau_t_std", "tau_s_mean", "tau_s_std",
@@ -104,23 +151,31 @@ def test_contract_finite_and_gradients(name: str) -> None:
     assert t.grad is None, "no gradient may reach the teacher"
     for p in loss_fn.parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all()
+    if features is not None:  # the teacher's features get no gradient, the student's used ones do
+        s_feat, t_feat = features
+        assert all(f.grad is None for f in [*t_feat.stages, t_feat.embedding])
+        used = [f for f in [*s_feat.stages, s_feat.embedding] if f.grad is not None]
+        assert used and all(torch.isfinite(f.grad).all() and f.grad.abs().sum() > 0 for f in used)
+        assert any(True for _ in loss_fn.parameters()) == (name == "fitnet")
 
 
 @pytest.mark.parametrize("name", [n for n in ALL if SETTINGS[n]["divergence"]])
 def test_zero_when_student_equals_teacher(name: str) -> None:
     _, t, y = make_batch(1)
-    out = create_loss(name, **SETTINGS[name]["hp"], ce_weight=0.0)(t.clone(), t, y, progress=1.0)
+    loss_fn = create_loss(name, **SETTINGS[name]["hp"], ce_weight=0.0)
+    features = make_features(t.clone(), t, same=True) if loss_fn.features else None
+    out = call(loss_fn, t.clone(), t, y, features, progress=1.0)
     assert abs(float(out["kd"].detach())) < 1e-5, float(out["kd"].detach())
 
 
 @pytest.mark.parametrize("name", [n for n in ALL if n != "ce"])
 def test_kd_term_positive_when_they_differ(name: str) -> None:
     s, t, y = make_batch(2)
-    out = create_loss(name, **SETTINGS[name]["hp"])(s, t, y, progress=1.0)
-    assert float(out["kd"]) > 1e-4
+    out = call(create_loss(name, **SETTINGS[name]["hp"]), s, t, y, progress=1.0)
+    assert float(out["kd"].detach()) > 1e-4
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", [n for n in ALL if n not in FEATURE_LOSSES])
 def test_ignore_index_equals_dropping_rows(name: str) -> None:
     s, t, y = make_batch(3, n=12)
     y_masked = y.clone()
@@ -140,7 +195,7 @@ def test_all_positions_ignored_gives_zero_with_graph(name: str) -> None:
     s, t, _ = make_batch(4, n=4)
     s.requires_grad_(True)
     y = torch.full((4,), -100)
-    out = create_loss(name, **SETTINGS[name]["hp"])(s, t, y)
+    out = call(create_loss(name, **SETTINGS[name]["hp"]), s, t, y)
     assert float(out["loss"]) == 0.0
     out["loss"].backward()
     assert s.grad is not None and float(s.grad.abs().sum()) == 0.0
@@ -149,7 +204,12 @@ def test_all_positions_ignored_gives_zero_with_graph(name: str) -> None:
 @pytest.mark.parametrize("name", ALL)
 def test_bfloat16_logits(name: str) -> None:
     s, t, y = make_batch(5)
-    out = create_loss(name, **SETTINGS[name]["hp"])(s.bfloat16(), t.bfloat16(), y, progress=0.5)
+    loss_fn = create_loss(name, **SETTINGS[name]["hp"])
+    features = None
+    if loss_fn.features:  # features under bf16 autocast are bf16 too
+        features = tuple(f._replace(stages=[x.bfloat16() for x in f.stages], embedding=f.embedding.bfloat16())
+                         for f in make_features(s, t))
+    out = call(loss_fn, s.bfloat16(), t.bfloat16(), y, features, progress=0.5)
     assert torch.isfinite(out["loss"]) and out["loss"].dtype == torch.float32
 
 
@@ -574,7 +634,7 @@ def golden_values() -> dict[str, dict[str, float]]:
     for name in ALL:
         torch.manual_seed(0)
         s, t, y = make_batch(123, n=24, c=13)
-        res = create_loss(name, **SETTINGS[name]["hp"])(s, t, y, progress=0.3)
+        res = call(create_loss(name, **SETTINGS[name]["hp"]), s, t, y, progress=0.3)
         out[name] = {k: round(float(res[k]), 6) for k in ("loss", "ce", "kd")}
     return out
 
@@ -589,3 +649,132 @@ def test_golden_values() -> None:
     for name, vals in values.items():
         for key, v in vals.items():
             assert math.isclose(v, pinned[name][key], rel_tol=1e-4, abs_tol=1e-5), (name, key)
+
+
+# ----------------------------------------------------------------------------- feature losses
+
+
+def _batchnorm_train(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """BatchNorm in training mode, by hand: per channel over batch and space, biased variance."""
+    dims = [0, *range(2, x.dim())]
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    mean, var = x.mean(dims, keepdim=True), x.var(dims, unbiased=False, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight.view(shape) + bias.view(shape)
+
+
+@pytest.mark.parametrize(("s_shape", "t_shape", "kind"), [
+    ((8, 4, 4), (12, 4, 4), "valid"),  # same size: a 1x1 conv
+    ((8, 8, 8), (12, 4, 4), "stride"),  # twice the teacher's: 3x3 at stride 2
+    ((8, 4, 4), (12, 8, 8), "transposed"),  # half: 4x4 transposed at stride 2
+    ((8, 6, 6), (12, 4, 4), "valid"),  # larger: a 3x3 valid conv
+])
+def test_fitnet_matches_the_hint_equation(s_shape, t_shape, kind) -> None:
+    """CE + w · mean (BN-ReLU(conv(f_s)) − f_t)², the regressor written out by hand with the
+    loss's own weights; value and gradients w.r.t. the student feature and the regressor."""
+    torch.manual_seed(0)
+    s, t, y = make_batch(30, n=6)
+    f_s = torch.randn(6, *s_shape).relu().requires_grad_()
+    f_t = torch.randn(6, *t_shape).relu()
+    stud = StageOutput(s, [torch.zeros(6, 1), f_s], torch.zeros(6, 1))
+    teach = StageOutput(t, [torch.zeros(6, 1), f_t], torch.zeros(6, 1))
+    loss_fn = create_loss("fitnet", hint_layer=1, ce_weight=0.7, kd_weight=3.0)
+    loss_fn.bind(StageShapes.of(stud), StageShapes.of(teach))
+    conv, bn = loss_fn.regressor[0], loss_fn.regressor[1]
+    out = loss_fn(s, t, y, features=(stud, teach))
+    w, b = conv.weight, conv.bias
+    if kind == "stride":
+        z = F.conv2d(f_s, w, b, stride=2, padding=1)
+    elif kind == "transposed":
+        z = F.conv_transpose2d(f_s, w, b, stride=2, padding=1)
+    else:
+        assert w.shape[-2:] == (1 + s_shape[1] - t_shape[1], 1 + s_shape[2] - t_shape[2])
+        z = F.conv2d(f_s, w, b)
+    r = _batchnorm_train(z, bn.weight, bn.bias, bn.eps).relu()
+    assert r.shape == f_t.shape
+    expected = 0.7 * F.cross_entropy(s, y) + 3.0 * ((r - f_t) ** 2).sum() / f_t.numel()
+    torch.testing.assert_close(out["loss"], expected, rtol=1e-5, atol=1e-6)
+    params = [f_s, w, b, bn.weight, bn.bias]
+    got = torch.autograd.grad(out["loss"], params)
+    want = torch.autograd.grad(expected, params)
+    for g, h in zip(got, want, strict=True):
+        torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-6)
+    assert sum(p.numel() for p in loss_fn.parameters()) == sum(p.numel() for p in params[1:])
+    assert {k for k in loss_fn.state_dict()} >= {"regressor.0.weight", "regressor.1.running_mean"}
+
+
+def test_fitnet_regressor_choices_and_refusals() -> None:
+    loss_fn = create_loss("fitnet", hint_layer=-1)
+    flat = StageShapes(torch.Size([2, 10]), (torch.Size([2, 32]),), torch.Size([2, 32]))
+    maps = StageShapes(torch.Size([2, 10]), (torch.Size([2, 8, 4, 4]), torch.Size([2, 16, 2, 2])),
+                       torch.Size([2, 16]))
+    loss_fn.bind(flat, maps)  # an MLP student: a linear regressor onto the flattened teacher map
+    assert isinstance(loss_fn.regressor[1], torch.nn.Linear) and loss_fn.regressor[1].out_features == 64
+    with pytest.raises(ConfigError, match="hint_layer 2 is out of range"):
+        create_loss("fitnet", hint_layer=2).bind(maps, maps)
+    small = StageShapes(maps.logits, (torch.Size([2, 8, 3, 3]),), maps.embedding)
+    with pytest.raises(ConfigError, match="3x3"):  # smaller than the teacher's 4x4, not half of it
+        create_loss("fitnet", hint_layer=0).bind(small, maps)
+    s, t, y = make_batch(31)
+    with pytest.raises(ValueError, match="features"):
+        create_loss("fitnet")(s, t, y)
+
+
+def _huber(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    d = (a - b).abs()
+    return torch.where(d < 1, 0.5 * d**2, d - 0.5).mean()
+
+
+def test_rkd_matches_the_relation_equations() -> None:
+    """Park et al. eqs. (3)-(5) with the authors' code's averaging, written with explicit
+    pairs and triplets in float64: distances over the batch's mean distance of distinct pairs,
+    cosines of the angle at e_j (0 where a side is degenerate), Huber (δ = 1) over every
+    entry; value and gradient w.r.t. the student embedding."""
+    s, t, y = make_batch(32, n=6)
+    e_s = torch.randn(6, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64).requires_grad_()
+    e_t = torch.randn(6, 7, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 3
+
+    def relations(e):
+        n = e.shape[0]
+        dist = torch.stack([torch.stack([torch.linalg.vector_norm(e[i] - e[j]) if i != j else e.new_zeros(())
+                                         for j in range(n)]) for i in range(n)])
+        mu = dist.sum() / (n * (n - 1))
+        cos = e.new_zeros(n, n, n)
+        for j in range(n):
+            for i in range(n):
+                for k in range(n):
+                    if i != j and k != j:
+                        a, b = e[i] - e[j], e[k] - e[j]
+                        cos = cos.index_put((torch.tensor(j), torch.tensor(i), torch.tensor(k)),
+                                            torch.dot(a, b) / (a.norm() * b.norm()))
+        return dist / mu, cos
+
+    d_s, a_s = relations(e_s)
+    d_t, a_t = relations(e_t)
+    expected_kd = 2.0 * (25.0 * _huber(d_s, d_t) + 50.0 * _huber(a_s, a_t))
+    loss_fn = create_loss("rkd", kd_weight=2.0, ce_weight=0.5)
+    out = loss_fn(s, t, y, features=(StageOutput(s, [], e_s.float()), StageOutput(t, [], e_t.float())))
+    expected = 0.5 * F.cross_entropy(s.double(), y) + expected_kd
+    assert float(out["loss"]) == pytest.approx(float(expected), rel=1e-4)
+    assert float(out["stats/rkd_distance"]) == pytest.approx(float(_huber(d_s, d_t)), rel=1e-4)
+    got, = torch.autograd.grad(out["loss"], e_s)
+    want, = torch.autograd.grad(expected, e_s)
+    torch.testing.assert_close(got.double(), want, rtol=1e-3, atol=1e-6)
+    # scaling the teacher's embedding changes nothing: both relations are scale-invariant
+    scaled = loss_fn(s, t, y, features=(StageOutput(s, [], e_s.float()), StageOutput(t, [], 10 * e_t.float())))
+    torch.testing.assert_close(scaled["kd"], out["kd"], rtol=1e-4, atol=1e-6)
+
+
+def test_feature_losses_refuse_ignored_positions() -> None:
+    s, t, y = make_batch(33, n=8)
+    y[2] = -100
+    with pytest.raises(ValueError, match="per-image features"):
+        call(create_loss("rkd"), s, t, y)
+
+
+def test_every_loss_names_its_reference() -> None:
+    """What ``cist-bench ls losses`` prints under each loss: its module's citation line."""
+    from cist_bench.losses import loss_reference
+
+    assert all(loss_reference(name) for name in ALL)
+    assert loss_reference("fitnet").startswith("Romero et al., \"FitNets")
+    assert loss_reference("rkd").startswith("Park, Kim, Lu & Cho, \"Relational Knowledge Distillation\"")

@@ -16,16 +16,20 @@ from cist_bench.results import ResultStore
 #: the language-model divergences are for token tasks (suites/instruct_fixed.yaml, tested
 #: in tests/test_instruct.py); they would run on digits too, but say nothing there
 LANGUAGE_ONLY = {"fkl", "rkl", "tvd", "jsd", "skl", "srkl", "akl"}
+#: settings the digits pair needs: tiny_mlp has one stage (its hidden layer), so FitNet's hint is
+#: the last stage of both (a linear regressor onto the teacher's flattened last map)
+PAIR_HPARAMS = {"fitnet": {"hint_layer": -1}}
 
 
 def test_every_image_method_runs_through_the_cli_on_ray(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CIST_BENCH_CACHE", str(tmp_path / "cache"))
     methods = [m for m in list_losses() if m not in LANGUAGE_ONLY]
-    assert {"ttm", "wttm", "cist", "dkd"} <= set(methods)
+    assert {"ttm", "wttm", "cist", "dkd", "fitnet", "rkd"} <= set(methods)
     suite = {
         "name": "every_method", "seeds": [0], "max_concurrent": 2,
         "train": {"epochs": 1, "batch_size": 128, "optimizer": {"name": "sgd", "lr": 0.05}},
-        "methods": {m: {"loss": m} for m in methods},
+        "methods": {m: {"loss": m, **({"hparams": PAIR_HPARAMS[m]} if m in PAIR_HPARAMS else {})}
+                    for m in methods},
         "tasks": {"digits": {"pairs": [{"teacher": {"model": {"name": "tiny_cnn"}, "train": {"epochs": 1},
                                                     "seed": 0},
                                         "student": {"name": "tiny_mlp"}}]}},

@@ -155,6 +155,58 @@ def test_features_then_head_equals_forward(name: str) -> None:
     torch.testing.assert_close(logits, expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", [n for n in list_models() if not n.startswith("gpt")])
+def test_forward_stages_gives_the_logits_of_forward_and_every_stage(name: str) -> None:
+    """``forward_stages`` returns ``model(x)`` bit for bit (training mode, same random state),
+    a batch-first feature map per stage and the (B, num_features) embedding; pre-activation
+    stages, where a model has them, have the same shapes."""
+    from cist_bench.models._base import forward_stages
+
+    model = _build(name).train()
+    if _is_text(model):
+        pytest.skip("text model")
+    x = _example(model)
+    torch.manual_seed(3)
+    expected = model(x)
+    torch.manual_seed(3)
+    out = forward_stages(model, x)
+    torch.testing.assert_close(out.logits, expected, rtol=0, atol=0)
+    assert out.stages and all(f.shape[0] == 2 and f.dim() in (2, 4) for f in out.stages)
+    assert out.embedding.shape == (2, model.num_features)
+    try:
+        pre = forward_stages(model, x, preact=True)
+    except NotImplementedError:
+        return
+    assert [f.shape for f in pre.stages] == [f.shape for f in out.stages]
+    (pre.logits.sum() + sum(f.sum() for f in pre.stages)).backward()  # differentiable, no in-place clash
+
+
+def test_resnet_preact_stages_are_the_sums_before_the_last_relu() -> None:
+    from cist_bench.models._base import forward_stages
+
+    model = _build("resnet8").eval()
+    x = _example(model)
+    post, pre = forward_stages(model, x).stages, forward_stages(model, x, preact=True).stages
+    torch.testing.assert_close(post[0], pre[0])  # the stem as it is
+    for a, b in zip(post[1:], pre[1:], strict=True):
+        torch.testing.assert_close(a, b.relu())
+        assert (b < 0).any()
+
+
+def test_timm_forward_stages_through_forward_intermediates() -> None:
+    from cist_bench.models._base import forward_stages
+
+    model = create_model("timm/resnet18", num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = forward_stages(model, x)
+        torch.testing.assert_close(out.logits, model(x), rtol=0, atol=0)
+    assert [f.shape[1] for f in out.stages] == [64, 64, 128, 256, 512]
+    assert out.embedding.shape == (2, 512)
+    with pytest.raises(NotImplementedError, match="pre-activation"):
+        forward_stages(model, x, preact=True)
+
+
 @pytest.mark.parametrize(("name", "millions"), sorted(PUBLISHED_PARAMS_M.items()))
 def test_published_parameter_counts(name: str, millions: float) -> None:
     n = _n_params(create_model(name, num_classes=100, in_chans=3))

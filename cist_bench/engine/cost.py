@@ -86,7 +86,7 @@ def estimate(runs: list[RunSpec], train_sizes: dict[str, int | None], measuremen
              pack_size: int, assumed: float) -> Estimate:
     """Seconds of device time for the students of ``runs`` (``train_sizes``: training samples per
     epoch by run id); runs without a measurement that applies are counted at ``assumed``."""
-    from cist_bench.losses import loss_needs_teacher
+    from cist_bench.losses import LOSSES, loss_needs_teacher
 
     out = Estimate()
     for run in runs:
@@ -97,7 +97,8 @@ def estimate(runs: list[RunSpec], train_sizes: dict[str, int | None], measuremen
         device = "cuda" if run.resources.use_gpu else "cpu"
         block = measurements.get(device)
         distils = run.teacher is not None and loss_needs_teacher(run.loss.name)
-        views = distils and bool(run.teacher.cache_views)  # type: ignore[union-attr]
+        # a feature loss runs its teacher online (the cache holds logits only)
+        views = distils and bool(run.teacher.cache_views) and not LOSSES.get(run.loss.name).features  # type: ignore[union-attr]
         row = _best_row(block, pack_size, views) if block else None
         cost = train_flops(run.student, run.teacher.model if distils else None,  # type: ignore[union-attr]
                            run.task, online=not views) if row else None

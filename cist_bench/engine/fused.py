@@ -93,6 +93,9 @@ def fusion_problem(specs: Sequence[RunSpec], task: Task | None = None) -> str | 
         return f"fused packs stack image classifiers (task kind {task.kind!r})"
     for spec in specs:
         loss = LOSSES.get(spec.loss.name)
+        if loss.features:
+            return (f"loss {spec.loss.name} distils features ({', '.join(sorted(loss.features))}): a pack "
+                    "stacks logits only, so it trains as separate runs")
         if not loss.batched and any(True for _ in _loss_parameters(spec)):
             return (f"loss {spec.loss.name} has learnable parameters but no batched form "
                     "(DistillationLoss.batched)")

@@ -43,6 +43,7 @@ from cist_bench.engine.seeding import seed_everything
 from cist_bench.engine.stats import StatsAccumulator
 from cist_bench.engine.teacher import CacheRoot, LoadedTeacher, TeacherRuntime, load_teacher
 from cist_bench.losses import DistillationLoss, create_loss
+from cist_bench.models._base import StageForward, StageShapes, forward_stages
 from cist_bench.models.init import init_from_teacher
 from cist_bench.spec import RunSpec, TrainSpec
 
@@ -125,15 +126,23 @@ def evaluate(model: nn.Module, task: Task, dataset: Dataset, *, info: DistInfo,
     stats = StatsAccumulator()
     loader = make_loader(dataset, batch_size, ShardSampler(len(dataset), info, shuffle=False, seed=0),
                          workers, device, private_rng=True)
+    # a feature loss's diagnostics need the student's and the (online) teacher's features
+    features = teacher is not None and loss_fn is not None and bool(loss_fn.features)
+    preact = features and "preact" in loss_fn.features
     for x, y, idx in loader:
         x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
+        extra: dict[str, Any] = {}
         with amp_context(amp, device):
-            logits = model(x)
+            if features:
+                s_out, t_out = forward_stages(model, x, preact=preact), teacher.stages(x, preact=preact)
+                logits, extra["features"] = s_out.logits, (s_out, t_out)
+            else:
+                logits = model(x)
         acc.update(logits.float(), y)
         if teacher is not None and loss_fn is not None:
-            t_logits = teacher.logits(x, split=split, index=idx)
+            t_logits = extra["features"][1].logits if features else teacher.logits(x, split=split, index=idx)
             out = loss_fn(logits.float(), t_logits, y, progress=progress, epoch_progress=progress,
-                          complete_targets=not task.may_ignore_targets)
+                          complete_targets=not task.may_ignore_targets, **extra)
             stats.update(out, (y != -100).sum())
     if info.distributed:  # the accumulator's tensor is live: reduce it where it lives
         state = acc.state.to(device)
@@ -204,12 +213,23 @@ class RunState:
         if self.channels_last:
             student = student.to(memory_format=torch.channels_last)
         self.student = student
+        #: the loss distils features: the student runs through forward_stages, the teacher
+        #: online every step, and the loss's modules are sized (bind) before the optimiser
+        self.feature_loss = bool(loss_fn.features)
+        self.preact = "preact" in loss_fn.features
+        forward_module: nn.Module = student
+        if self.feature_loss:
+            if self.teacher_runtime is None:
+                raise ValueError(f"loss {spec.loss.name} distils features: it needs a teacher")
+            loss_fn.bind(*self.feature_shapes())
+            loss_fn.to(device)
+            forward_module = StageForward(student, self.preact)
         self.t_setup = time.perf_counter() - self.t_start
 
-        self.model: nn.Module = student
+        self.model: nn.Module = forward_module
         if info.distributed:
             self.model = nn.parallel.DistributedDataParallel(
-                student, device_ids=[device.index] if device.type == "cuda" else None
+                forward_module, device_ids=[device.index] if device.type == "cuda" else None
             )
         self.optimizer = build_optimizer(train_cfg.optimizer, student, loss_fn)
         # DDP averages the student's gradients; the loss's own parameters (CTKD's temperature)
@@ -244,13 +264,30 @@ class RunState:
             hooks.log(f"resumed at epoch {self.start_epoch} of {train_cfg.epochs}")
 
         self.sampler = ShardSampler(len(train_set), info, shuffle=True, seed=spec.seed)
-        views = self.teacher_runtime is not None and self.teacher_runtime.view_cache
+        # the per-view logits cache serves logit losses; a feature loss runs the teacher online
+        views = self.teacher_runtime is not None and self.teacher_runtime.view_cache and not self.feature_loss
         if device.type == "cuda" and train_cfg.loader_workers == 0 and callable(getattr(train_set, "on", None)):
             train_set = train_set.on(device)  # uint8 images on the GPU, augmented there in batches
         self.loader = make_loader(train_set, train_cfg.batch_size, self.sampler, train_cfg.loader_workers,
                                   device, views=views)
         self.train_seconds = sum(h["train_seconds"] for h in self.history)
         self.train_samples = sum(h["train_samples"] for h in self.history)
+
+    def feature_shapes(self) -> tuple[StageShapes, StageShapes]:
+        """The student's and teacher's feature shapes, from two validation images (eval mode,
+        no gradient, no random draw: a run's random streams are as without the probe)."""
+        assert self.teacher_runtime is not None
+        with torch.random.fork_rng(devices=[]):
+            loader = torch.utils.data.DataLoader(self.splits["val"], batch_size=2, shuffle=False,
+                                                 generator=torch.Generator().manual_seed(0))
+            x = to_device(next(iter(loader))[0], self.device, self.channels_last)
+        was_training = self.student.training
+        self.student.eval()
+        with torch.no_grad():
+            s_out = forward_stages(self.student, x, preact=self.preact)
+        self.student.train(was_training)
+        t_out = self.teacher_runtime.stages(x, preact=self.preact)
+        return StageShapes.of(s_out), StageShapes.of(t_out)
 
     # ------------------------------------------------------------------ one epoch, step by step
 
@@ -272,6 +309,18 @@ class RunState:
 
     def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return to_device(x, self.device, self.channels_last), y.to(self.device, non_blocking=True)
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                   dict[str, Any]]:
+        """Student logits, teacher logits and the loss's extra arguments for one batch: for a
+        logit loss ``model(x)``, the teacher's (cached or online) logits and nothing more; for a
+        feature loss both stage outputs (``features=``), the teacher's computed online."""
+        if not self.feature_loss:
+            return self.model(x), self.teacher_logits(x, idx), {}
+        assert self.teacher_runtime is not None
+        s_out = self.model(x)
+        t_out = self.teacher_runtime.stages(x, preact=self.preact)
+        return s_out.logits, t_out.logits, {"features": (s_out, t_out)}
 
     def teacher_logits(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
         return self.teacher_runtime.logits(x, split="train", index=idx) \
@@ -429,10 +478,10 @@ def train_run(spec: RunSpec, hooks: Hooks | None = None, *, teacher: LoadedTeach
         for step, (x, y, idx) in enumerate(batches):
             x, y = run.to_device(x, y)
             with amp_context(spec.train.amp, device):
-                s_logits = run.model(x)
-                t_logits = run.teacher_logits(x, idx)
+                s_logits, t_logits, extra = run.forward(x, idx)
             out = run.loss_fn(s_logits, t_logits, y, progress=run.progress(epoch, step),
-                              epoch_progress=run.epoch_progress, complete_targets=run.complete_targets)
+                              epoch_progress=run.epoch_progress, complete_targets=run.complete_targets,
+                              **extra)
             watch.update(out["loss"], step)
             watch.check(epoch, step, last=step == run.steps_per_epoch - 1)
             run.optimizer.zero_grad(set_to_none=True)
@@ -488,6 +537,7 @@ def _outcome(spec: RunSpec, task: Task, info: DistInfo, device: torch.device, st
         world_size=info.world_size,
         device=str(device),
         student_params=sum(p.numel() for p in student.parameters()),
+        loss_params=sum(p.numel() for p in loss_fn.parameters()),
         loss_hparams=loss_fn.hparams(),
         best_state=best["state"],
         generations=list(generations or []),

@@ -27,6 +27,9 @@ class Outcome:
     teacher: dict[str, Any] | None = None
     device: str | None = None
     student_params: int | None = None
+    #: parameters of the loss's own modules, trained with the student (CTKD's temperature,
+    #: FitNet's regressor): part of the method's training cost, not of the deployed student
+    loss_params: int | None = None
     #: the first generated test answers of the selected weights (``prompt``, ``prediction``,
     #: ``reference`` and per-sample scores); empty for tasks scored on logits alone
     generations: list[dict[str, Any]] = field(default_factory=list)

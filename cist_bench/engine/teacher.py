@@ -37,6 +37,7 @@ from cist_bench.engine.distributed import DistInfo, ShardSampler
 from cist_bench.engine.generation import evaluate_generations
 from cist_bench.engine.outcome import Outcome
 from cist_bench.losses import resolve_hparams
+from cist_bench.models._base import StageOutput
 from cist_bench.models.frozen import FrozenTeacher
 from cist_bench.spec import LossSpec, RunSpec, TaskSpec, TeacherSpec, spec_id, to_dict
 from cist_bench.storage import ArtifactStore, as_store
@@ -345,6 +346,13 @@ class TeacherRuntime:
             return densify_topk(rows["values"].to(self.device), rows["indices"].to(self.device),
                                 rows["lse"].to(self.device), self.task.num_classes)
         return out[index.to(out.device, non_blocking=True)].to(self.device, non_blocking=True).float()
+
+    def stages(self, x: torch.Tensor, *, preact: bool = False) -> StageOutput:
+        """The teacher's logits, stage features and embedding for ``x``, always computed online:
+        the output cache holds logits only (features of every stage of every training image
+        and view would be far larger than the logits, and a feature loss reads them only once
+        per step anyway)."""
+        return self.frozen.forward_stages(x, preact=preact)
 
     def metrics(self, info: DistInfo) -> dict[str, Any]:
         """The teacher's own val/test metrics on this task (for the report's teacher column).

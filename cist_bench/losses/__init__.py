@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,6 +62,15 @@ def loss_needs_teacher(name: str) -> bool:
     return bool(LOSSES.get(name).needs_teacher)
 
 
+def loss_reference(name: str) -> str:
+    """The paper behind loss ``name``: the first line of its module's docstring (one method per
+    file, whose docstring opens with its citation), without the leading ````name````."""
+    cls = LOSSES.get(name)
+    doc = (sys.modules[cls.__module__].__doc__ or "").strip()
+    first = doc.splitlines()[0].strip() if doc else ""
+    return re.sub(r"^``[^`]+``(?:\s+and its ablations)?:\s*", "", first)
+
+
 def list_losses() -> list[str]:
     """Every registered loss name, sorted."""
     return LOSSES.names()
@@ -76,4 +87,4 @@ for _module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["LOSSES", "DistillationLoss", "create_loss", "list_losses", "loss_needs_teacher", "loss_params",
-           "register_loss", "resolve_hparams"]
+           "loss_reference", "register_loss", "resolve_hparams"]

@@ -24,18 +24,32 @@ schedule length. The reference implementations of DKD, DTKD and CTKD advance the
 as well, and a loss whose ``ramp`` hyperparameter is ``"epoch"`` (their default) ramps on it;
 ``ramp: step`` ramps on ``progress`` per step. Without ``epoch_progress`` (a direct call) both
 rules use ``progress``.
+
+**Feature losses** (FitNet, RKD, …) declare the features they need in :attr:`DistillationLoss.
+features` and are called with ``features=(student, teacher)``, two
+:class:`~cist_bench.models._base.StageOutput` (logits, every stage's feature map, the pooled
+embedding; :func:`~cist_bench.models._base.forward_stages`); they implement
+:meth:`~DistillationLoss.distill_features` instead of ``distill``. Their learnable modules
+(FitNet's regressor) are sized by :meth:`~DistillationLoss.bind`, which the engine calls with the
+feature shapes before it builds the optimiser; from then on they are parameters of the loss
+module like CTKD's temperature: trained by the student's optimiser, saved and restored with the
+checkpoint, counted in the record's ``loss_params``. Logit losses (``features`` empty) never see
+features and take exactly the path they always took.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cist_bench.errors import ConfigError
+
+if TYPE_CHECKING:  # the model package is heavy to import; losses only need the tuple's type
+    from cist_bench.models._base import StageOutput, StageShapes
 
 IGNORE_INDEX = -100
 
@@ -166,6 +180,12 @@ class DistillationLoss(nn.Module):
     #: plain attributes the loss updates as it trains (not tensors), carried back from the
     #: stacked copy to every member of a fused pack after an epoch
     host_state: ClassVar[tuple[str, ...]] = ()
+    #: the features the loss needs besides logits, any of ``"stages"`` (every stage's feature
+    #: map), ``"preact"`` (stage features before their last ReLU, in place of ``"stages"``) and
+    #: ``"embedding"`` (the pooled features the classifier sees). Non-empty: the engine runs the
+    #: student through ``forward_stages`` and the teacher online every step (features are not
+    #: cached), calls :meth:`bind` first, and never fuses the run into a pack.
+    features: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, *, ce_weight: float) -> None:
         super().__init__()
@@ -179,6 +199,17 @@ class DistillationLoss(nn.Module):
         """Weighted KD term (scalar) and stats for valid rows ``s, t`` (N, C), ``y`` (N,)."""
         raise NotImplementedError
 
+    def distill_features(self, s: Tensor, t: Tensor, y: Tensor | None, progress: float,
+                         student: StageOutput, teacher: StageOutput) -> tuple[Tensor, Stats]:
+        """A feature loss's weighted term and stats: ``s, t, y`` as for :meth:`distill`, and the
+        student's and teacher's stage outputs (float32; the teacher's detached)."""
+        raise NotImplementedError
+
+    def bind(self, student: StageShapes, teacher: StageShapes) -> None:
+        """Called by the engine with the student's and teacher's feature shapes (batch
+        dimension included) before the optimiser is built: a loss whose modules depend on them
+        (FitNet's regressor) creates them here. The default has nothing to build."""
+
     # ----------------------------------------------------------------------------------
     def hparams(self) -> dict[str, Any]:
         """The hyperparameters this loss was built with (for result records)."""
@@ -186,9 +217,11 @@ class DistillationLoss(nn.Module):
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor | None = None,
                 target: Tensor | None = None, progress: float = 0.0,
-                epoch_progress: float | None = None, *, complete_targets: bool = False) -> dict[str, Tensor]:
+                epoch_progress: float | None = None, *, complete_targets: bool = False,
+                features: tuple[StageOutput, StageOutput] | None = None) -> dict[str, Tensor]:
         """``complete_targets``: the caller knows no target is ``IGNORE_INDEX`` (an image task),
-        so the mask check (a host read of a device tensor) is skipped."""
+        so the mask check (a host read of a device tensor) is skipped. ``features``: (student,
+        teacher) stage outputs, for a loss that declares :attr:`features` (ignored otherwise)."""
         for name, value in (("progress", progress), ("epoch_progress", epoch_progress)):
             if value is not None and not (-1e-6 <= float(value) <= 1.0 + 1e-6):
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
@@ -217,6 +250,9 @@ class DistillationLoss(nn.Module):
             if not complete_targets:
                 valid = y != IGNORE_INDEX
                 if not bool(valid.all()):  # language-model padding: keep only real positions
+                    if self.features and valid.any():
+                        raise ValueError(f"{type(self).__name__} distils per-image features: it cannot "
+                                         "drop ignored positions (an image task has none)")
                     s, y = s[valid], y[valid]
                     t = t[valid] if t is not None else None
         elif self.needs_target or self.ce_weight > 0:
@@ -237,5 +273,18 @@ class DistillationLoss(nn.Module):
             ce = self.ce_weight * nll.mean()
         else:
             ce = s.new_zeros((), dtype=torch.float32)
-        kd, stats = self.distill(s.float(), t.float() if t is not None else None, y, progress)
+        if self.features:
+            if features is None:
+                raise ValueError(f"{type(self).__name__} needs the student's and teacher's features "
+                                 "(features=(student, teacher) from forward_stages)")
+            student, teacher = features
+            student = student._replace(stages=[f.float() for f in student.stages],
+                                       embedding=student.embedding.float())
+            teacher = teacher._replace(logits=teacher.logits.detach(),
+                                       stages=[f.detach().float() for f in teacher.stages],
+                                       embedding=teacher.embedding.detach().float())
+            kd, stats = self.distill_features(s.float(), t.float() if t is not None else None, y, progress,
+                                              student, teacher)
+        else:
+            kd, stats = self.distill(s.float(), t.float() if t is not None else None, y, progress)
         return {"loss": ce + kd, "ce": ce, "kd": kd, **stats}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cist_bench.models._base import StageOutput, forward_stages
+
 
 class FrozenTeacher(nn.Module):
     """Always eval, never a graph; maps the student's normalised inputs to the teacher's."""
@@ -31,10 +33,16 @@ class FrozenTeacher(nn.Module):
     def train(self, mode: bool = True) -> FrozenTeacher:
         return super().train(False)
 
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift if self.renormalise else x
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.renormalise:
-            x = x * self.scale + self.shift
-        return self.model(x)
+        return self.model(self._inputs(x))
+
+    @torch.no_grad()
+    def forward_stages(self, x: torch.Tensor, preact: bool = False) -> StageOutput:
+        """The teacher's logits, stage features and embedding (for feature distillation)."""
+        return forward_stages(self.model, self._inputs(x), preact=preact)
 
 

@@ -69,6 +69,10 @@ class MobileNetV2Cifar(GlobalPoolClassifier):
                 )
                 in_ch = out_ch
         self.blocks = nn.Sequential(*blocks)
+        # the block index after which each reported stage ends, as RepDistiller/mdistiller group
+        # the settings: after 16+24, 32, 64+96, 160+320 channels (at width 1)
+        ends = torch.tensor([n for _, _, n, _ in _SETTING]).cumsum(0).tolist()
+        self.stage_ends = (ends[1] - 1, ends[2] - 1, ends[4] - 1, ends[6] - 1)
         # CRD keeps the last conv at 1280 channels for width <= 1 (as the MobileNetV2 paper).
         self.head_conv = conv_bn_relu(in_ch, last_channels, 1)
         self.num_features = last_channels
@@ -76,9 +80,17 @@ class MobileNetV2Cifar(GlobalPoolClassifier):
         self.fc = nn.Linear(last_channels, num_classes)
         init_weights(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.stem(x))  # (B, 160, H/16, W/16)
-        return self.head_conv(x)  # (B, 1280, H/16, W/16)
+    def stage_features(self, x: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """[stem, 12, 16, 48, 160 channels (at width 0.5)] as RepDistiller's/mdistiller's
+        ``feats``. The blocks end in a linear bottleneck (BN, no ReLU), so their outputs are
+        already pre-activation: ``preact`` changes nothing."""
+        x = self.stem(x)  # (B, 16, H/2, W/2)
+        feats = [x]
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.stage_ends:
+                feats.append(x)
+        return feats, self.head_conv(x)  # (B, 1280, H/16, W/16)
 
 
 @MODELS.register("mobilenetv2")

@@ -33,9 +33,14 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_preact(x)[0]
+
+    def forward_preact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output, output before the final ReLU)."""
         out = torch.relu(self.bn1(self.conv1(x)))  # (B, out_ch, H/stride, W/stride)
         out = self.bn2(self.conv2(out))
-        return torch.relu(out + self.shortcut(x))
+        pre = out + self.shortcut(x)
+        return torch.relu(pre), pre
 
 
 class ResNetCifar(GlobalPoolClassifier):
@@ -69,9 +74,17 @@ class ResNetCifar(GlobalPoolClassifier):
         self.fc = nn.Linear(self.num_features, num_classes)
         init_weights(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def stage_features(self, x: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """[stem, stage 1, stage 2, stage 3] outputs, as RepDistiller's/mdistiller's ``feats``
+        (``preact``: each stage's last block before its final ReLU; the stem as it is)."""
         x = self.stem(x)  # (B, widths[0], H, W)
-        return self.stages(x)  # (B, widths[3], H/4, W/4)
+        feats, pre_feats = [x], [x]
+        for stage in self.stages:
+            for block in stage:
+                x, pre = block.forward_preact(x)
+            feats.append(x)  # (B, widths[i], H/2^(i-1), W/2^(i-1)) for stage i ≥ 2
+            pre_feats.append(pre)
+        return (pre_feats if preact else feats), x  # x: (B, widths[3], H/4, W/4)
 
 
 def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:

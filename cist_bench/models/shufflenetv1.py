@@ -39,6 +39,10 @@ class ShuffleUnit(nn.Module):
         self.shortcut = nn.AvgPool2d(3, 2, 1) if stride == 2 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_preact(x)[0]
+
+    def forward_preact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output, output before the final ReLU)."""
         out = torch.relu(self.bn1(self.conv1(x)))  # (B, mid, H, W)
         out = channel_shuffle(out, self.groups1)
         out = torch.relu(self.bn2(self.conv2(out)))  # (B, mid, H/stride, W/stride)
@@ -46,7 +50,7 @@ class ShuffleUnit(nn.Module):
         res = self.shortcut(x)
         # Downsampling units concatenate, so the stage width = residual + shortcut channels.
         out = torch.cat([out, res], 1) if self.stride == 2 else out + res
-        return torch.relu(out)
+        return torch.relu(out), out
 
 
 class ShuffleNetV1Cifar(GlobalPoolClassifier):
@@ -75,8 +79,17 @@ class ShuffleNetV1Cifar(GlobalPoolClassifier):
         self.fc = nn.Linear(in_ch, num_classes)
         init_weights(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(x))  # (B, 960, H/8, W/8)
+    def stage_features(self, x: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """[stem, stage 1, 2, 3] outputs as RepDistiller's ShuffleV1 ``feats``; ``preact``: each
+        stage's last unit before its final ReLU (the stem as it is)."""
+        x = self.stem(x)  # (B, 24, H, W)
+        feats, pre_feats = [x], [x]
+        for stage in self.stages:
+            for unit in stage:
+                x, pre = unit.forward_preact(x)
+            feats.append(x)
+            pre_feats.append(pre)
+        return (pre_feats if preact else feats), x  # x: (B, 960, H/8, W/8)
 
 
 @MODELS.register("shufflev1")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cist_bench.models._base import MODELS, GlobalPoolClassifier, init_weights
+from cist_bench.models._base import MODELS, GlobalPoolClassifier, init_weights, no_preact
 from cist_bench.models.shufflenetv1 import channel_shuffle
 
 
@@ -90,9 +90,17 @@ class ShuffleNetV2Cifar(GlobalPoolClassifier):
         self.fc = nn.Linear(self.num_features, num_classes)
         init_weights(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))  # (B, 464, H/8, W/8)
-        return self.head_conv(x)  # (B, 1024, H/8, W/8)
+    def stage_features(self, x: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """[stem, stage 1, 2, 3] outputs (24, 116, 232, 464 channels); the last feeds the
+        1x1 head conv. No pre-activation features (not implemented)."""
+        if preact:
+            raise no_preact(self)
+        x = self.stem(x)  # (B, 24, H, W)
+        feats = [x]
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats, self.head_conv(x)  # (B, 1024, H/8, W/8)
 
 
 @MODELS.register("shufflev2")

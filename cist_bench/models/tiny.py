@@ -20,6 +20,7 @@ from cist_bench.models._base import (
     LinearHeadModel,
     conv_bn_relu,
     init_weights,
+    no_preact,
 )
 
 
@@ -38,8 +39,15 @@ class TinyCNN(GlobalPoolClassifier):
         self.fc = nn.Linear(self.num_features, num_classes)
         init_weights(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)  # (B, 4*width, H/4, W/4)
+    def stage_features(self, x: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The three conv-BN-ReLU outputs; no pre-activation features."""
+        if preact:
+            raise no_preact(self)
+        feats = []
+        for layer in self.features:
+            x = layer(x)
+            feats.append(x)
+        return feats, x  # (B, 4*width, H/4, W/4)
 
 
 class TinyMLP(LinearHeadModel):
@@ -62,8 +70,12 @@ class TinyMLP(LinearHeadModel):
         )
         self.fc = nn.Linear(hidden, num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)  # (B, hidden)
+    def stage_features(self, x: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """One stage: the hidden layer ``(B, hidden)``; no pre-activation features."""
+        if preact:
+            raise no_preact(self)
+        x = self.body(x)  # (B, hidden)
+        return [x], x
 
 
 class FashionCNN(LinearHeadModel):
@@ -99,8 +111,17 @@ class FashionCNN(LinearHeadModel):
         self.fc = nn.Linear(hidden, num_classes)
         init_weights(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.hidden(self.conv(x))  # (B, hidden)
+    def stage_features(self, x: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Each conv stage's output after its max-pool (``(B, C, 14, 14)``, ``(B, C', 7, 7)``
+        at 28x28), then the hidden layer ``(B, hidden)`` for the head; no pre-activation."""
+        if preact:
+            raise no_preact(self)
+        feats = []
+        for layer in self.conv:
+            x = layer(x)
+            if isinstance(layer, nn.MaxPool2d):
+                feats.append(x)
+        return feats, self.hidden(x)  # (B, hidden)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return x if pre_logits else self.fc(self.drop(x))  # (B, num_classes)

@@ -47,8 +47,20 @@ class VGGCifar(GlobalPoolClassifier):
         self.fc = nn.Linear(in_ch, num_classes)
         init_weights(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)  # (B, 512, H/16, W/16)
+    def stage_features(self, x: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The five stages' outputs (after their last ReLU, before the max-pool), as
+        mdistiller's VGG lists them; ``preact``: before that ReLU. The last is
+        ``(B, 512, H/16, W/16)``."""
+        feats: list[torch.Tensor] = []
+        pre = x
+        for layer in self.features:
+            if isinstance(layer, nn.MaxPool2d):
+                feats.append(pre if preact else x)
+            x = layer(x)
+            if preact and isinstance(layer, nn.BatchNorm2d):
+                pre = x.clone()  # the in-place ReLU that follows would overwrite it
+        feats.append(pre if preact else x)
+        return feats, x
 
 
 def _register(name: str) -> None:

@@ -33,11 +33,16 @@ class PreActBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        act = torch.relu(self.bn1(x))  # (B, in_ch, H, W)
+        return self.forward_normed(x)[0]
+
+    def forward_normed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output, ``bn1(x)``: the input's pre-activation, computed once)."""
+        normed = self.bn1(x)
+        act = torch.relu(normed)  # (B, in_ch, H, W)
         out = self.conv1(act)  # (B, out_ch, H/stride, W/stride)
         out = self.conv2(self.drop(torch.relu(self.bn2(out))))
         residual = x if self.shortcut is None else self.shortcut(act)
-        return out + residual
+        return out + residual, normed
 
 
 class WideResNet(GlobalPoolClassifier):
@@ -78,9 +83,23 @@ class WideResNet(GlobalPoolClassifier):
         self.fc = nn.Linear(self.num_features, num_classes)
         init_weights(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))  # (B, 64k, H/4, W/4)
-        return torch.relu(self.bn(x))
+    def stage_features(self, x: torch.Tensor, preact: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """[stem, stage 1, stage 2, stage 3] outputs as RepDistiller's/mdistiller's WRN lists
+        them: the blocks' raw sums (pre-activation blocks end without a ReLU). ``preact``: each
+        stage output through the BN that the next block (or the final BN-ReLU) applies to it —
+        taken from that very forward, not by running the BN a second time, which in training
+        mode would update its running statistics twice (the reference code does that)."""
+        x = self.stem(x)  # (B, 16, H, W)
+        feats, pre_feats = [x], [x]
+        for stage in self.stages:
+            for j, block in enumerate(stage):
+                x, normed = block.forward_normed(x)
+                if j == 0 and len(feats) > 1:
+                    pre_feats.append(normed)  # bn1 of the previous stage's output
+            feats.append(x)
+        normed = self.bn(x)  # (B, 64k, H/4, W/4)
+        pre_feats.append(normed)
+        return (pre_feats if preact else feats), torch.relu(normed)
 
 
 def _register(depth: int, widen_factor: int) -> None:

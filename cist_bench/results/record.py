@@ -8,7 +8,8 @@ of the suite, and the provenance of the code (git commit, library versions, hard
 
 :func:`read_record` is the only way records are read: it checks ``schema_version``, upgrades
 older versions it knows (version 1 kept ``git_commit``, ``versions`` and ``hardware`` at the
-top level; version 2 had no ``generations``, versions 2-3 no ``hparams_source``), and refuses newer
+top level; version 2 had no ``generations``, versions 2-3 no ``hparams_source``, versions 2-4 no
+``loss_params``), and refuses newer
 ones with a message that says what to do.
 """
 
@@ -30,10 +31,10 @@ from pydantic.dataclasses import dataclass
 
 from cist_bench.spec import SPEC_CONFIG, RunSpec, adapter, render_loc, to_dict
 
-SCHEMA_VERSION = 4
-#: versions :func:`read_record` can upgrade from (3 added ``generations``, 4 ``hparams_source``;
-#: 2 and 3 read as they are, the newer fields empty)
-READABLE_VERSIONS = (1, 2, 3, 4)
+SCHEMA_VERSION = 5
+#: versions :func:`read_record` can upgrade from (3 added ``generations``, 4 ``hparams_source``,
+#: 5 ``loss_params``; 2 to 4 read as they are, the newer fields empty)
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 PACKAGES = ("cist_bench", "torch", "torchvision", "ray", "timm", "numpy", "pandas", "transformers",
             "rouge-score")
 
@@ -149,6 +150,9 @@ class RunRecord:
     timing: dict[str, Any] = dataclasses.field(default_factory=dict)
     resources: dict[str, Any] = dataclasses.field(default_factory=dict)
     student_params: int | None = None
+    #: parameters of the loss's own modules (CTKD's temperature, FitNet's regressor), trained
+    #: with the student and not part of it (None: a record older than schema version 5)
+    loss_params: int | None = None
     attempts: int = 1
     started: str | None = None
     finished: str | None = None
@@ -200,7 +204,7 @@ def read_record(data: Any, source: str = "record") -> RunRecord:
              "Re-run the suite to write it again, or read it with the cist_bench that wrote it."))
     if version == 1:
         data = _upgrade_v1(data)
-    data = {**data, "schema_version": SCHEMA_VERSION}  # 2 → 3 → 4 only added optional fields
+    data = {**data, "schema_version": SCHEMA_VERSION}  # 2 → 3 → 4 → 5 only added optional fields
     try:
         return adapter(RunRecord).validate_python(data)
     except ValidationError as exc:
@@ -285,6 +289,7 @@ def make_record(spec: RunSpec, *, status: Literal["ok", "failed"], outcome: Any 
         resources={**to_dict(spec.resources), "world_size": o.world_size if o else None,
                    "device": o.device if o else None, "executor": executor},
         student_params=o.student_params if o else None,
+        loss_params=o.loss_params if o else None,
         attempts=attempts, started=started, finished=now(),
         provenance=Provenance(git_commit(), library_versions(), hardware()),
         roles=ReportRoles(**roles) if isinstance(roles, dict) else roles, search=search,
