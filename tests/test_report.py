@@ -323,7 +323,8 @@ def test_a_version_3_record_reads_without_a_hyperparameter_source() -> None:
 
 def test_records_of_another_version_are_refused_with_what_to_do(tmp_path: Path) -> None:
     newer = {**_raw(RECORDS)[0], "schema_version": 9}
-    with pytest.raises(RecordVersionError, match="version 9; this cist_bench reads versions 1, 2, 3, 4. Upgrade"):
+    readable = ", ".join(str(v) for v in range(1, SCHEMA_VERSION + 1))
+    with pytest.raises(RecordVersionError, match=f"version 9; this cist_bench reads versions {readable}. Upgrade"):
         read_record(newer)
     (tmp_path / "new.jsonl").write_text(json.dumps(newer) + "\n", encoding="utf-8")
     with pytest.raises(ReportError, match="Upgrade cist_bench"):

@@ -151,7 +151,11 @@ def _task_section(view: TaskView, failed: int, figures: list[tuple[str, str]] | 
         out.append("")
     out += ["### Cost", "", paragraph(
         "Per method on this task: wall time, training time and training throughput, averaged over "
-        "its runs; device-hours = wall seconds × workers × (GPUs per worker for GPU runs, else "
+        f"its runs; *Train s ÷ {REFERENCE}*: its mean training time over `{REFERENCE}`'s (the "
+        "training-time overhead; runs that shared the machine with others time the same way, so "
+        "read small differences as noise); *Loss params*: the parameters the loss itself trains "
+        "(a regressor, a learnt temperature), beside the student's, when a method has any; "
+        "device-hours = wall seconds × workers × (GPUs per worker for GPU runs, else "
         "CPUs per worker) / 3600, summed over its runs."), "", md_table(cost_table(view), left=1), ""]
     overhead = overhead_table(view)
     if not overhead.empty:

@@ -216,6 +216,7 @@ def _row(record: RunRecord, metric: str | None, hib: bool) -> dict[str, Any]:
         "wall_seconds": wall,
         "train_seconds": _number(timing.get("train_seconds")),
         "samples_per_second": _number(timing.get("samples_per_second")),
+        "loss_params": _number(record.loss_params),
         "num_workers": workers,
         "use_gpu": use_gpu,
         "cpu_hours": math.nan if use_gpu else hours,
@@ -232,8 +233,9 @@ def _row(record: RunRecord, metric: str | None, hib: bool) -> dict[str, Any]:
 COLUMNS = ("run_id, suite, task, pair, teacher, student, method, loss, seed, status, error, metric, "
            "higher_is_better, test, test_last, val, val_last, test_best_over_epochs, selected_epoch, "
            "teacher_id, teacher_test, "
-           + ", ".join(DIAGNOSTICS) + ", wall_seconds, train_seconds, samples_per_second, num_workers, "
-           "use_gpu, cpu_hours, gpu_hours, git_commit, started, finished, is_search, record").split(", ")
+           + ", ".join(DIAGNOSTICS) + ", wall_seconds, train_seconds, samples_per_second, loss_params, "
+           "num_workers, use_gpu, cpu_hours, gpu_hours, git_commit, started, finished, is_search, "
+           "record").split(", ")
 
 
 def records_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
@@ -256,7 +258,8 @@ def load_records(sources: Sequence[Source] | Source,
     ``metric`` and ``higher_is_better`` (the task's primary metric); ``test, test_last, val,
     val_last`` (that metric at the validation-selected checkpoint and at the last epoch);
     ``teacher_id, teacher_test``; the test-split diagnostics (:data:`DIAGNOSTICS`); ``wall_seconds,
-    train_seconds, samples_per_second, num_workers, use_gpu, cpu_hours, gpu_hours``;
+    train_seconds, samples_per_second, loss_params`` (the loss's own trained parameters, e.g.
+    FitNet's regressor), ``num_workers, use_gpu, cpu_hours, gpu_hours``;
     ``git_commit, started, finished, is_search`` and ``record`` (the record itself).
     """
     return records_frame(collect_records(sources, Path(results_root)))

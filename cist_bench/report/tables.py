@@ -164,14 +164,27 @@ def entropy_table(view: TaskView) -> pd.DataFrame:
 
 
 def cost_table(view: TaskView) -> pd.DataFrame:
+    """Per method: runs, mean wall/train seconds and throughput, the mean training time against
+    the reference method's (when it ran), the loss's own parameters (when any method has some:
+    FitNet's regressor, CTKD's temperature; a range when they differ between pairs) and the
+    device-hours."""
     runs = view.runs
     columns = [c for c, label in (("cpu_hours", "CPU-h"), ("gpu_hours", "GPU-h")) if runs[c].notna().any()]
+    reference = view.roles.reference
+    t_ref = runs.loc[runs["method"] == reference, "train_seconds"].mean()
+    has_params = bool((runs["loss_params"].fillna(0) > 0).any())
     rows = []
     for m in view.methods:
         r = runs[runs["method"] == m]
         row = {"Method": m, "Runs": str(len(r)), "Wall s (mean)": sig(r["wall_seconds"].mean()),
-               "Train s (mean)": sig(r["train_seconds"].mean()),
-               "Samples/s (mean)": sig(r["samples_per_second"].mean())}
+               "Train s (mean)": sig(r["train_seconds"].mean())}
+        if math.isfinite(t_ref) and t_ref > 0:
+            row[f"Train s ÷ {reference}"] = num(r["train_seconds"].mean() / t_ref, 2) + "×"
+        row["Samples/s (mean)"] = sig(r["samples_per_second"].mean())
+        if has_params:
+            p = r["loss_params"].dropna()
+            lo, hi = (int(p.min()), int(p.max())) if len(p) else (None, None)
+            row["Loss params"] = MISSING if lo is None else (f"{lo:,}" if lo == hi else f"{lo:,}–{hi:,}")
         for c in columns:
             row["CPU-h (total)" if c == "cpu_hours" else "GPU-h (total)"] = \
                 sig(r[c].sum(min_count=1))
