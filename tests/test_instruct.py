@@ -353,6 +353,27 @@ def test_dolly_gpt2_suite_plans_without_its_data() -> None:
     assert by["fkl"]["ce_weight"] == 0.0 and by["jsd"]["beta"] == 0.1 and by["skl"]["alpha"] == 0.1
 
 
+@pytest.mark.parametrize("name", ["dolly_gpt2_tuned", "instruct_tuned"])
+def test_the_tuned_language_suites_search_every_divergence_at_the_same_temperatures(name: str) -> None:
+    """The fair protocol's language suites: the fixed suite's runs, every divergence and CIST
+    searched with one budget, τ (CIST: tau_ref) on the grid {1, 2, 4} for every method, the
+    winners on seeds the trials never use."""
+    from cist_bench.config import load_suite
+
+    fixed = load_suite(SUITES / f"{name.removesuffix('_tuned').replace('instruct', 'instruct_fixed')}.yaml",
+                       verify_data=False)
+    suite = load_suite(SUITES / f"{name}.yaml", verify_data=False)
+    assert [r.loss for r in suite.runs()] == [r.loss for r in fixed.runs()] and suite.seeds == fixed.seeds
+    plan = suite.search
+    assert plan.train_seed not in suite.seeds and plan.scheduler.name == "fifo"
+    assert sorted(g.method for g in plan.groups) == ["akl", "cist", "fkl", "jsd", "rkl", "skl", "srkl", "tvd"]
+    for g in plan.groups:
+        key = "tau_ref" if g.method == "cist" else "temperature"
+        assert [t.hparams[key] for t in g.trials] == [1.0, 2.0, 4.0], g.method
+        if g.method == "cist":  # tau_max above every tau_ref of the grid
+            assert all(t.hparams["tau_max"] > 4.0 for t in g.trials)
+
+
 def test_tiny_instruct_suite_through_ray(tmp_path: Path) -> None:
     """suites/instruct_tuned.yaml (which includes instruct_fixed.yaml), shrunk with --set, end
     to end: teacher SFT, the equal-budget search over τ ∈ {1, 2, 4}, the winners on fresh seeds,
