@@ -160,6 +160,23 @@ def evaluate(model: nn.Module, task: Task, dataset: Dataset, *, info: DistInfo,
 # --------------------------------------------------------------------------------- training
 
 
+def split_labels(dataset: Dataset) -> torch.Tensor:
+    """The class of every sample of a split, in the order the loader's indices address them,
+    read without loading an image: a :class:`~cist_bench.data.base.TensorImageDataset` (its
+    ``labels`` of the source split at its ``indices``) or a subset of a torchvision folder
+    dataset (``base.targets`` at ``indices``)."""
+    labels, indices = getattr(dataset, "labels", None), getattr(dataset, "indices", None)
+    if indices is not None:
+        positions = torch.as_tensor(indices, dtype=torch.int64)
+        if isinstance(labels, torch.Tensor):
+            return labels.cpu()[positions]
+        targets = getattr(getattr(dataset, "base", None), "targets", None)
+        if targets is not None:
+            return torch.as_tensor(targets, dtype=torch.int64)[positions]
+    raise ValueError(f"the training split ({type(dataset).__name__}) does not expose its labels "
+                     "(labels and indices): a loss with per-sample state cannot run on it")
+
+
 def _is_better(value: float, best: float | None, higher_is_better: bool) -> bool:
     if not math.isfinite(value):
         return False
@@ -222,6 +239,12 @@ class RunState:
             if self.teacher_runtime is None:
                 raise ValueError(f"loss {spec.loss.name} distils features: it needs a teacher")
             loss_fn.bind(*self.feature_shapes())
+            if loss_fn.needs_index:  # per-sample state (CRD's memory banks): one worker only
+                if info.distributed:
+                    raise ValueError(f"loss {spec.loss.name} keeps state per training sample, which "
+                                     "data-parallel workers would each update apart: set "
+                                     "resources.num_workers to 1")
+                loss_fn.bind_samples(split_labels(self.splits["train"]))
             loss_fn.to(device)
             forward_module = StageForward(student, self.preact)
         self.t_setup = time.perf_counter() - self.t_start
@@ -320,7 +343,10 @@ class RunState:
         assert self.teacher_runtime is not None
         s_out = self.model(x)
         t_out = self.teacher_runtime.stages(x, preact=self.preact)
-        return s_out.logits, t_out.logits, {"features": (s_out, t_out)}
+        extra: dict[str, Any] = {"features": (s_out, t_out)}
+        if self.loss_fn.needs_index:  # the rows' indices in the training split (CRD's banks)
+            extra["index"] = idx.to(self.device, non_blocking=True)
+        return s_out.logits, t_out.logits, extra
 
     def teacher_logits(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
         return self.teacher_runtime.logits(x, split="train", index=idx) \
