@@ -61,9 +61,16 @@ SETTINGS: dict[str, dict] = {
     # the regressor maps the student's feature: not zero at equal features
     "fitnet": {"hp": {"hint_layer": 1, "kd_weight": 10.0}, "divergence": False, "invalid": {"kd_weight": -1.0}},
     "rkd": {"hp": {}, "divergence": True, "invalid": {"angle_weight": -50.0}},
+    # a contrast against memory banks through learned heads: not zero at equal features
+    "crd": {"hp": {"nce_k": 32, "feat_dim": 16}, "divergence": False, "invalid": {"nce_momentum": 1.5}},
 }
 ALL = list_losses()
 FEATURE_LOSSES = [n for n in ALL if LOSSES.get(n).features]
+#: the losses with learnable modules of their own (a regressor, embedding heads)
+WITH_MODULES = {"fitnet", "crd"}
+#: the made-up training set of a loss with per-sample state (CRD's banks): its size and labels
+N_SAMPLES = 200
+SAMPLE_LABELS = torch.arange(N_SAMPLES) % 7
 
 #: stage shapes (without the batch) of the test features: the teacher is wider than the student
 STUDENT_STAGES, TEACHER_STAGES = ((4, 8, 8), (8, 4, 4), (16, 2, 2)), ((6, 8, 8), (12, 4, 4), (24, 2, 2))
@@ -92,7 +99,11 @@ def call(loss_fn: DistillationLoss, s: torch.Tensor, t: torch.Tensor | None, y: 
         features = make_features(s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1]))
     if not getattr(loss_fn, "_bound", False):
         loss_fn.bind(StageShapes.of(features[0]), StageShapes.of(features[1]))
+        if loss_fn.needs_index:
+            loss_fn.bind_samples(SAMPLE_LABELS)
         loss_fn._bound = True
+    if loss_fn.needs_index and "index" not in kwargs:  # distinct training-set indices per row
+        kwargs["index"] = (torch.arange(features[0].embedding.shape[0]) * 3) % N_SAMPLES
     return loss_fn(s, t, y, features=features, **kwargs)
 
 
@@ -117,7 +128,7 @@ def test_every_loss_has_settings() -> None:
 def test_expected_names_registered() -> None:
     expected = {"ce", "kd", "dkd", "ctkd", "dtkd", "dist", "cist", "cist_shared", "cist_noweight",
                 "cist_teacher_only", "cist_entropy", "fkl", "rkl", "tvd", "jsd", "skl", "srkl",
-                "akl", "ttm", "wttm", "fitnet", "rkd"}
+                "akl", "ttm", "wttm", "fitnet", "rkd", "crd"}
     assert expected <= set(ALL)
 
 
@@ -156,7 +167,7 @@ def test_contract_finite_and_gradients(name: str) -> None:
         assert all(f.grad is None for f in [*t_feat.stages, t_feat.embedding])
         used = [f for f in [*s_feat.stages, s_feat.embedding] if f.grad is not None]
         assert used and all(torch.isfinite(f.grad).all() and f.grad.abs().sum() > 0 for f in used)
-        assert any(True for _ in loss_fn.parameters()) == (name == "fitnet")
+        assert any(True for _ in loss_fn.parameters()) == (name in WITH_MODULES)
 
 
 @pytest.mark.parametrize("name", [n for n in ALL if SETTINGS[n]["divergence"]])
@@ -778,3 +789,147 @@ def test_every_loss_names_its_reference() -> None:
     assert all(loss_reference(name) for name in ALL)
     assert loss_reference("fitnet").startswith("Romero et al., \"FitNets")
     assert loss_reference("rkd").startswith("Park, Kim, Lu & Cho, \"Relational Knowledge Distillation\"")
+
+
+# ----------------------------------------------------------------------------- CRD
+
+
+def _crd(n: int = 6, nce_k: int = 5, **hp):
+    """A CRD loss bound to made-up embeddings (student 5-d, teacher 7-d) and a training set of
+    ``N_SAMPLES`` with ``SAMPLE_LABELS``; its features and a batch of distinct indices."""
+    torch.manual_seed(0)
+    s, t, y = make_batch(40, n=n)
+    e_s = torch.randn(n, 5, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    e_t = torch.randn(n, 7, generator=torch.Generator().manual_seed(2)).requires_grad_()
+    stud, teach = StageOutput(s, [], e_s), StageOutput(t, [], e_t)
+    loss_fn = create_loss("crd", nce_k=nce_k, feat_dim=4, **hp)
+    loss_fn.bind(StageShapes.of(stud), StageShapes.of(teach))
+    loss_fn.bind_samples(SAMPLE_LABELS)
+    index = torch.tensor([3, 50, 11, 199, 0, 77])[:n]
+    return loss_fn, s, t, y, (stud, teach), index
+
+
+def _recording_draws(loss_fn) -> list[torch.Tensor]:
+    drawn: list[torch.Tensor] = []
+    draw = loss_fn.draw
+    loss_fn.draw = lambda index: drawn.append(draw(index)) or drawn[-1]
+    return drawn
+
+
+def test_crd_matches_the_nce_equations_and_updates_the_banks() -> None:
+    """Tian et al. eq. (18) as the authors' code computes it, written per row and per negative
+    in float64 from the loss's own heads, banks and drawn indices: scores exp(⟨M[j], e⟩/τ)/Z
+    with Z = N · mean of the first batch's scores, log h⁺/(h⁺ + K/N + ε) and
+    log (K/N)/(h⁻ + K/N + ε) summed and averaged over the batch, both anchors; value and
+    gradients (student embedding, both heads; none to the teacher), then the momentum update."""
+    loss_fn, s, t, y, (stud, teach), index = _crd(nce_t=0.5, nce_momentum=0.3, kd_weight=0.8, ce_weight=0.5)
+    drawn = _recording_draws(loss_fn)
+    m_s, m_t = loss_fn.memory_s.clone().double(), loss_fn.memory_t.clone().double()
+    out = loss_fn(s, t, y, features=(stud, teach), index=index)
+    idx, = drawn
+    n_data, k, tau = N_SAMPLES, 5, 0.5
+
+    def head(module, e):
+        z = e.double() @ module.linear.weight.double().t() + module.linear.bias.double()
+        return z / z.norm(dim=1, keepdim=True)
+
+    e_s, e_t = head(loss_fn.embed_s, stud.embedding), head(loss_fn.embed_t, teach.embedding.detach())
+    raw_s = torch.stack([torch.stack([torch.exp(m_t[j] @ e_s[b] / tau) for j in idx[b]]) for b in range(6)])
+    raw_t = torch.stack([torch.stack([torch.exp(m_s[j] @ e_t[b] / tau) for j in idx[b]]) for b in range(6)])
+
+    def nce(raw):
+        h = raw / (raw.detach().mean() * n_data)
+        c = k / n_data
+        total = sum(torch.log(h[b, 0] / (h[b, 0] + c + 1e-7))
+                    + sum(torch.log(c / (h[b, j] + c + 1e-7)) for j in range(1, k + 1)) for b in range(6))
+        return -total / 6
+
+    expected = 0.5 * F.cross_entropy(s.double(), y) + 0.8 * (nce(raw_s) + nce(raw_t))
+    assert float(out["loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(out["stats/crd_student"]) == pytest.approx(float(nce(raw_s)), rel=1e-5)
+    params = [stud.embedding, *loss_fn.embed_s.parameters(), *loss_fn.embed_t.parameters()]
+    got = torch.autograd.grad(out["loss"], params, retain_graph=True)
+    want = torch.autograd.grad(expected, params)
+    for g, h in zip(got, want, strict=True):
+        assert g.abs().sum() > 0
+        torch.testing.assert_close(g.double(), h.double(), rtol=1e-4, atol=1e-7)
+    assert teach.embedding.grad is None
+    torch.testing.assert_close(loss_fn.z.double(), torch.stack([raw_s.mean(), raw_t.mean()]).detach() * n_data,
+                               rtol=1e-5, atol=0)
+    # the banks: the batch's rows moved towards this step's embeddings, the others kept
+    for bank, old, e in ((loss_fn.memory_s, m_s, e_s), (loss_fn.memory_t, m_t, e_t)):
+        new = old.clone()
+        moved = 0.3 * old[index] + 0.7 * e.detach()
+        new[index] = moved / moved.norm(dim=1, keepdim=True)
+        torch.testing.assert_close(bank.double(), new, rtol=1e-5, atol=1e-6)
+
+
+def test_crd_negatives_other_classes_distinct_and_deterministic() -> None:
+    loss_fn, *_ = _crd(nce_k=40)
+    index = torch.tensor([3, 50, 11, 199, 0, 77])
+    idx = loss_fn.draw(index)
+    assert idx.shape == (6, 41) and torch.equal(idx[:, 0], index)
+    neg = idx[:, 1:]
+    assert (SAMPLE_LABELS[neg] != SAMPLE_LABELS[index][:, None]).all()  # other classes only
+    assert all(len(set(row.tolist())) == 40 for row in neg)  # without replacement
+    assert not torch.equal(loss_fn.draw(index), idx)  # a fresh draw every step
+    again, *_ = _crd(nce_k=40)  # the same seeded stream: the same negatives
+    assert torch.equal(again.draw(index), idx)
+    torch.manual_seed(1)  # another seed: others
+    other = create_loss("crd", nce_k=40)
+    other.bind_samples(SAMPLE_LABELS)
+    assert not torch.equal(other.draw(index), idx)
+    # more negatives than other-class samples: with replacement, as the reference
+    few = create_loss("crd", nce_k=500)
+    few.bind_samples(SAMPLE_LABELS)
+    assert few.replacement and few.draw(index).shape == (6, 501)
+
+
+def test_crd_evaluation_changes_nothing_and_a_checkpoint_restores_the_banks() -> None:
+    from cist_bench.engine.batches import load_state_bytes, state_bytes
+
+    loss_fn, s, t, y, features, index = _crd()
+    loss_fn(s, t, y, features=features, index=index)  # one training step: banks, Z and the draws move
+    before = {k: v.clone() for k, v in loss_fn.state_dict().items() if torch.is_tensor(v)}
+    extra = dict(loss_fn.get_extra_state())
+    assert extra["draws"] == 1 and (loss_fn.z > 0).all()
+    loss_fn.eval()
+    out = loss_fn(s, t, y, features=features)  # evaluation: no index, no draw, no update
+    assert float(out["kd"]) == 0.0 and "stats/crd_student" not in out
+    for key, value in loss_fn.state_dict().items():
+        if torch.is_tensor(value):
+            assert torch.equal(value, before[key]), key
+    assert loss_fn.get_extra_state() == extra
+    loss_fn.train()
+    with pytest.raises(ValueError, match="index"):
+        loss_fn(s, t, y, features=features)
+
+    saved = state_bytes(loss_fn)
+    restored, *_ = _crd()
+    restored.bind_samples(SAMPLE_LABELS.flip(0))  # built afresh (other banks), then restored
+    restored.bind_samples(SAMPLE_LABELS)
+    load_state_bytes(restored, saved)
+    for key, value in loss_fn.state_dict().items():
+        if torch.is_tensor(value):
+            assert torch.equal(restored.state_dict()[key], value), key
+    assert restored.get_extra_state() == extra
+    assert torch.equal(restored.draw(index), loss_fn.draw(index))  # the draws continue alike
+
+
+def test_crd_refused_with_data_parallel_workers(tmp_path) -> None:
+    """Each worker would update its own banks: the suite says so before anything runs."""
+    import yaml
+
+    from cist_bench.config import SuiteError, load_suite
+
+    suite = {"name": "crd_ddp", "seeds": [0], "resources": {"num_workers": 2},
+             "methods": {"crd": {"loss": "crd"}},
+             "tasks": {"digits": {"pairs": [{"teacher": {"model": {"name": "tiny_cnn"}, "train": {"epochs": 1}},
+                                             "student": {"name": "tiny_mlp"}}]}}}
+    path = tmp_path / "crd_ddp.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    with pytest.raises(SuiteError, match="resources.num_workers"):
+        load_suite(path, verify_data=False)
+    suite["resources"]["num_workers"] = 1
+    path.write_text(yaml.safe_dump(suite))
+    assert [r.loss.name for r in load_suite(path, verify_data=False).runs()] == ["crd"]
