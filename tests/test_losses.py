@@ -789,6 +789,7 @@ def test_every_loss_names_its_reference() -> None:
     assert all(loss_reference(name) for name in ALL)
     assert loss_reference("fitnet").startswith("Romero et al., \"FitNets")
     assert loss_reference("rkd").startswith("Park, Kim, Lu & Cho, \"Relational Knowledge Distillation\"")
+    assert loss_reference("crd").startswith("Tian, Krishnan & Isola, \"Contrastive Representation Distillation\"")
 
 
 # ----------------------------------------------------------------------------- CRD
