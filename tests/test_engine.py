@@ -368,6 +368,10 @@ def test_feature_losses_train_with_their_modules_checkpointed_and_counted(featur
     in_optimiser = {id(p) for g in resumed.optimizer.param_groups for p in g["params"]}
     assert {id(p) for p in resumed.loss_fn.parameters()} <= in_optimiser
 
+    review = train(dataclasses.replace(fit, loss=LossSpec("reviewkd", {"teacher_preact": False})), cache=cache)
+    assert math.isfinite(review.metrics["test"]["accuracy"]) and review.diagnostics["train"]["hcl_mean"] > 0
+    assert review.loss_params > 0
+
     rkd = train(dataclasses.replace(fit, loss=LossSpec("rkd"), student=ModelSpec("tiny_mlp")), cache=cache)
     assert math.isfinite(rkd.metrics["test"]["accuracy"]) and rkd.loss_params == 0
     assert rkd.diagnostics["train"]["rkd_angle_mean"] > 0

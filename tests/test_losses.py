@@ -63,11 +63,13 @@ SETTINGS: dict[str, dict] = {
     "rkd": {"hp": {}, "divergence": True, "invalid": {"angle_weight": -50.0}},
     # a contrast against memory banks through learned heads: not zero at equal features
     "crd": {"hp": {"nce_k": 32, "feat_dim": 16}, "divergence": False, "invalid": {"nce_momentum": 1.5}},
+    # the fusion modules map the student's features: not zero at equal features
+    "reviewkd": {"hp": {"warmup": 0.0}, "divergence": False, "invalid": {"warmup": 2.0}},
 }
 ALL = list_losses()
 FEATURE_LOSSES = [n for n in ALL if LOSSES.get(n).features]
 #: the losses with learnable modules of their own (a regressor, embedding heads)
-WITH_MODULES = {"fitnet", "crd"}
+WITH_MODULES = {"fitnet", "crd", "reviewkd"}
 #: the made-up training set of a loss with per-sample state (CRD's banks): its size and labels
 N_SAMPLES = 200
 SAMPLE_LABELS = torch.arange(N_SAMPLES) % 7
@@ -128,7 +130,7 @@ def test_every_loss_has_settings() -> None:
 def test_expected_names_registered() -> None:
     expected = {"ce", "kd", "dkd", "ctkd", "dtkd", "dist", "cist", "cist_shared", "cist_noweight",
                 "cist_teacher_only", "cist_entropy", "fkl", "rkl", "tvd", "jsd", "skl", "srkl",
-                "akl", "ttm", "wttm", "fitnet", "rkd", "crd"}
+                "akl", "ttm", "wttm", "fitnet", "rkd", "crd", "reviewkd"}
     assert expected <= set(ALL)
 
 
@@ -790,6 +792,8 @@ def test_every_loss_names_its_reference() -> None:
     assert loss_reference("fitnet").startswith("Romero et al., \"FitNets")
     assert loss_reference("rkd").startswith("Park, Kim, Lu & Cho, \"Relational Knowledge Distillation\"")
     assert loss_reference("crd").startswith("Tian, Krishnan & Isola, \"Contrastive Representation Distillation\"")
+    assert loss_reference("reviewkd").startswith("Chen, Liu, Zhao & Jia, \"Distilling Knowledge via "
+                                                 "Knowledge Review\"")
 
 
 # ----------------------------------------------------------------------------- CRD
@@ -934,3 +938,92 @@ def test_crd_refused_with_data_parallel_workers(tmp_path) -> None:
     suite["resources"]["num_workers"] = 1
     path.write_text(yaml.safe_dump(suite))
     assert [r.loss.name for r in load_suite(path, verify_data=False).runs()] == ["crd"]
+
+
+# ----------------------------------------------------------------------------- ReviewKD
+
+
+def _pool(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """Average over ``grid`` x ``grid`` equal cells (sizes divisible by the grid)."""
+    b, c, h, w = x.shape
+    return x.reshape(b, c, grid, h // grid, grid, w // grid).mean((3, 5))
+
+
+def _up(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Nearest upsampling by a whole factor: each cell repeated."""
+    f = size // x.shape[-1]
+    return x.repeat_interleave(f, dim=2).repeat_interleave(f, dim=3)
+
+
+def test_reviewkd_matches_the_review_equations() -> None:
+    """ABFs from the deepest level up (1x1 conv + BN, attention σ(conv1x1[x, up(r)]) mixing in
+    the upsampled deeper residual, nearest resize to the teacher's size, 3x3 conv + BN) and the
+    HCL on the 4/2/1 pooled grids, written out by hand with the loss's own weights; the levels,
+    channels and sizes read from the bound shapes; value and gradients (student features, every
+    ABF parameter; none to the teacher)."""
+    torch.manual_seed(0)
+    n = 4
+    s, t, y = make_batch(41, n=n)
+    f1, f2 = torch.randn(n, 4, 8, 8).relu().requires_grad_(), torch.randn(n, 8, 4, 4).relu().requires_grad_()
+    e_s = torch.randn(n, 8).requires_grad_()
+    t1, t2, e_t = torch.randn(n, 6, 16, 16), torch.randn(n, 12, 8, 8), torch.randn(n, 12)
+    stud = StageOutput(s, [torch.zeros(n, 2, 16, 16), f1, f2], e_s)
+    teach = StageOutput(t, [torch.zeros(n, 3, 32, 32), t1, t2], e_t.requires_grad_())
+    teach_in = teach._replace(stages=[f.requires_grad_() for f in teach.stages])
+    loss_fn = create_loss("reviewkd", warmup=0.5, ramp="step", kd_weight=2.0, ce_weight=0.5)
+    loss_fn.bind(StageShapes.of(stud), StageShapes.of(teach))
+    assert [(a.conv1[0].in_channels, a.conv1[0].out_channels, a.conv2[0].out_channels, a.att is not None)
+            for a in loss_fn.abfs] == [(4, 8, 6, True), (8, 8, 12, True), (8, 8, 12, False)]
+    out = loss_fn(s, t, y, progress=0.25, features=(stud, teach_in))
+
+    def bn(x, m):
+        return _batchnorm_train(x, m.weight, m.bias, m.eps)
+
+    def abf(a, x, residual, size):
+        x = bn(F.conv2d(x, a.conv1[0].weight), a.conv1[1])
+        if residual is not None:
+            up = _up(residual, x.shape[-1])
+            att = torch.sigmoid(F.conv2d(torch.cat([x, up], 1), a.att[0].weight, a.att[0].bias))
+            x = x * att[:, :1] + up * att[:, 1:]
+        x = _up(x, size)
+        return bn(F.conv2d(x, a.conv2[0].weight, padding=1), a.conv2[1]), x
+
+    g3, r3 = abf(loss_fn.abfs[2], e_s.view(n, 8, 1, 1), None, 1)
+    g2, r2 = abf(loss_fn.abfs[1], f2, r3, 8)
+    g1, _ = abf(loss_fn.abfs[0], f1, r2, 16)
+
+    def hcl_level(g, tt):
+        if g.shape[-1] == 1:
+            return ((g - tt) ** 2).mean()
+        terms = ((g - tt) ** 2).mean() + sum(((_pool(g, k) - _pool(tt, k)) ** 2).mean() / 2 ** (i + 1)
+                                              for i, k in enumerate((4, 2, 1)))
+        return terms / (1 + 1 / 2 + 1 / 4 + 1 / 8)
+
+    hcl_value = hcl_level(g1, t1) + hcl_level(g2, t2) + hcl_level(g3, e_t.detach().view(n, 12, 1, 1))
+    expected = 0.5 * F.cross_entropy(s, y) + 2.0 * 0.5 * hcl_value  # warm-up: 0.25 / 0.5
+    torch.testing.assert_close(out["loss"], expected, rtol=1e-5, atol=1e-6)
+    assert float(out["stats/hcl"]) == pytest.approx(float(hcl_value), rel=1e-5)
+    params = [f1, f2, e_s, *loss_fn.parameters()]
+    got = torch.autograd.grad(out["loss"], params, retain_graph=True)
+    want = torch.autograd.grad(expected, params)
+    for g, h in zip(got, want, strict=True):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-6)
+    out["loss"].backward()
+    assert all(f.grad is None for f in [*teach_in.stages, teach_in.embedding])
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in loss_fn.parameters())
+
+
+def test_reviewkd_pairs_the_deepest_levels_and_asks_for_the_teachers_preactivation() -> None:
+    # an MLP student (one flat stage) against a CNN teacher: the embeddings alone, as 1x1 maps
+    flat = StageShapes(torch.Size([2, 10]), (torch.Size([2, 32]),), torch.Size([2, 32]))
+    maps = StageShapes(torch.Size([2, 10]), (torch.Size([2, 8, 8, 8]), torch.Size([2, 16, 4, 4])),
+                       torch.Size([2, 16]))
+    loss_fn = create_loss("reviewkd")
+    loss_fn.bind(flat, maps)
+    assert len(loss_fn.abfs) == 1 and loss_fn.abfs[0].att is None and loss_fn.out_sizes == [(1, 1)]
+    assert "teacher_preact" in loss_fn.features
+    assert "teacher_preact" not in create_loss("reviewkd", teacher_preact=False).features
+    with pytest.raises(ValueError, match="features"):
+        s, t, y = make_batch(42)
+        create_loss("reviewkd")(s, t, y)

@@ -188,7 +188,8 @@ class DistillationLoss(nn.Module):
     #: stacked copy to every member of a fused pack after an epoch
     host_state: ClassVar[tuple[str, ...]] = ()
     #: the features the loss needs besides logits, any of ``"stages"`` (every stage's feature
-    #: map), ``"preact"`` (stage features before their last ReLU, in place of ``"stages"``) and
+    #: map), ``"preact"`` (stage features before their last ReLU, in place of ``"stages"``),
+    #: ``"teacher_preact"`` (the teacher's stages before their last ReLU, the student's after) and
     #: ``"embedding"`` (the pooled features the classifier sees). Non-empty: the engine runs the
     #: student through ``forward_stages`` and the teacher online every step (features are not
     #: cached), calls :meth:`bind` first, and never fuses the run into a pack.
