@@ -327,10 +327,21 @@ def test_data_parallel_workers_keep_one_learnt_temperature(tmp_path, cache) -> N
     assert ranks[0]["theta"] != 1.0  # it moved from the reference code's initial value
 
 
-def test_feature_losses_train_with_their_modules_checkpointed_and_counted(cache) -> None:
+@pytest.fixture(scope="module")
+def feature_cache(tmp_path_factory):
+    """One teacher cache for the feature-loss runs of this module: the digits teacher recipe
+    they share is trained once (it is most of each test's time otherwise)."""
+    path = tmp_path_factory.mktemp("feature_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CIST_BENCH_CACHE", str(path))
+        yield path
+
+
+def test_feature_losses_train_with_their_modules_checkpointed_and_counted(feature_cache) -> None:
     """FitNet and RKD train on digits (teacher online, student through forward_stages); FitNet's
     regressor is sized by bind before the optimiser, trained with the student, saved in the
     checkpoint, restored on resume and counted in ``loss_params``."""
+    cache = feature_cache
     import io
 
     from cist_bench.engine.loop import RunState
@@ -357,6 +368,45 @@ def test_feature_losses_train_with_their_modules_checkpointed_and_counted(cache)
     in_optimiser = {id(p) for g in resumed.optimizer.param_groups for p in g["params"]}
     assert {id(p) for p in resumed.loss_fn.parameters()} <= in_optimiser
 
+    review = train(dataclasses.replace(fit, loss=LossSpec("reviewkd", {"teacher_preact": False})), cache=cache)
+    assert math.isfinite(review.metrics["test"]["accuracy"]) and review.diagnostics["train"]["hcl_mean"] > 0
+    assert review.loss_params > 0
+
     rkd = train(dataclasses.replace(fit, loss=LossSpec("rkd"), student=ModelSpec("tiny_mlp")), cache=cache)
     assert math.isfinite(rkd.metrics["test"]["accuracy"]) and rkd.loss_params == 0
     assert rkd.diagnostics["train"]["rkd_angle_mean"] > 0
+
+
+def test_crd_trains_with_its_memory_banks_checkpointed_and_restored(feature_cache) -> None:
+    """CRD on digits: the loader's indices reach the loss, its banks (one row per training
+    sample) move in training, are saved in the checkpoint with the draw count and restored on
+    resume; evaluation reports no CRD term."""
+    cache = feature_cache
+    import io
+
+    from cist_bench.engine.loop import RunState
+
+    one = dataclasses.replace(TRAIN, epochs=1)
+    spec = dataclasses.replace(digits_run("kd"), loss=LossSpec("crd", {"nce_k": 64, "feat_dim": 16}), train=one)
+    hooks = MemoryHooks()
+    out = train(spec, hooks, cache=cache)
+    assert math.isfinite(out.metrics["test"]["accuracy"])
+    assert out.loss_params == 2 * (32 * 16 + 16)  # two heads: 32-d embeddings → 16
+    assert out.diagnostics["train"]["crd_student_mean"] > 0 and "crd_student_mean" not in out.diagnostics["val"]
+    saved = torch.load(io.BytesIO(hooks.state["loss"]), weights_only=True)
+    n_train = len(create_task("digits").splits()["train"])
+    assert saved["memory_s"].shape == (n_train, 16) and (saved["z"] > 0).all()
+    steps = math.ceil(n_train / 64)
+    assert saved["_extra_state"]["draws"] in (steps, n_train // 64)
+    # every row was visited once: all unit vectors (the initial rows are not normalised)
+    torch.testing.assert_close(saved["memory_t"].norm(dim=1), torch.ones(n_train))
+
+    teacher = ensure_teacher(spec.teacher, spec.task, cache_root=cache)
+    resumed = RunState(dataclasses.replace(spec, train=dataclasses.replace(TRAIN, epochs=2)),
+                       MemoryHooks(resume_from=hooks.state), info=DistInfo(), device=torch.device("cpu"),
+                       teacher=teacher, cache_root=cache)
+    assert resumed.start_epoch == 1
+    state = resumed.loss_fn.state_dict()
+    for key in ("memory_s", "memory_t", "z", "embed_s.linear.weight"):
+        assert torch.equal(state[key], saved[key]), key
+    assert state["_extra_state"] == saved["_extra_state"]

@@ -162,7 +162,7 @@ def test_what_cannot_be_fused_is_named() -> None:
     with pytest.raises(ValueError, match="dropout"):
         train_fused([digits_run("kd", student=ModelSpec("cnn_small"))], [MemoryHooks()])
     # feature losses stack no features: they run as separate runs, and say so
-    for loss in ("fitnet", "rkd"):
+    for loss in ("fitnet", "rkd", "crd", "reviewkd"):
         assert "distils features" in fusion_problem([digits_run(loss), digits_run(loss, seed=1)])
 
 

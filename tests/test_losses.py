@@ -61,9 +61,18 @@ SETTINGS: dict[str, dict] = {
     # the regressor maps the student's feature: not zero at equal features
     "fitnet": {"hp": {"hint_layer": 1, "kd_weight": 10.0}, "divergence": False, "invalid": {"kd_weight": -1.0}},
     "rkd": {"hp": {}, "divergence": True, "invalid": {"angle_weight": -50.0}},
+    # a contrast against memory banks through learned heads: not zero at equal features
+    "crd": {"hp": {"nce_k": 32, "feat_dim": 16}, "divergence": False, "invalid": {"nce_momentum": 1.5}},
+    # the fusion modules map the student's features: not zero at equal features
+    "reviewkd": {"hp": {"warmup": 0.0}, "divergence": False, "invalid": {"warmup": 2.0}},
 }
 ALL = list_losses()
 FEATURE_LOSSES = [n for n in ALL if LOSSES.get(n).features]
+#: the losses with learnable modules of their own (a regressor, embedding heads)
+WITH_MODULES = {"fitnet", "crd", "reviewkd"}
+#: the made-up training set of a loss with per-sample state (CRD's banks): its size and labels
+N_SAMPLES = 200
+SAMPLE_LABELS = torch.arange(N_SAMPLES) % 7
 
 #: stage shapes (without the batch) of the test features: the teacher is wider than the student
 STUDENT_STAGES, TEACHER_STAGES = ((4, 8, 8), (8, 4, 4), (16, 2, 2)), ((6, 8, 8), (12, 4, 4), (24, 2, 2))
@@ -92,7 +101,11 @@ def call(loss_fn: DistillationLoss, s: torch.Tensor, t: torch.Tensor | None, y: 
         features = make_features(s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1]))
     if not getattr(loss_fn, "_bound", False):
         loss_fn.bind(StageShapes.of(features[0]), StageShapes.of(features[1]))
+        if loss_fn.needs_index:
+            loss_fn.bind_samples(SAMPLE_LABELS)
         loss_fn._bound = True
+    if loss_fn.needs_index and "index" not in kwargs:  # distinct training-set indices per row
+        kwargs["index"] = (torch.arange(features[0].embedding.shape[0]) * 3) % N_SAMPLES
     return loss_fn(s, t, y, features=features, **kwargs)
 
 
@@ -117,7 +130,7 @@ def test_every_loss_has_settings() -> None:
 def test_expected_names_registered() -> None:
     expected = {"ce", "kd", "dkd", "ctkd", "dtkd", "dist", "cist", "cist_shared", "cist_noweight",
                 "cist_teacher_only", "cist_entropy", "fkl", "rkl", "tvd", "jsd", "skl", "srkl",
-                "akl", "ttm", "wttm", "fitnet", "rkd"}
+                "akl", "ttm", "wttm", "fitnet", "rkd", "crd", "reviewkd"}
     assert expected <= set(ALL)
 
 
@@ -156,7 +169,7 @@ def test_contract_finite_and_gradients(name: str) -> None:
         assert all(f.grad is None for f in [*t_feat.stages, t_feat.embedding])
         used = [f for f in [*s_feat.stages, s_feat.embedding] if f.grad is not None]
         assert used and all(torch.isfinite(f.grad).all() and f.grad.abs().sum() > 0 for f in used)
-        assert any(True for _ in loss_fn.parameters()) == (name == "fitnet")
+        assert any(True for _ in loss_fn.parameters()) == (name in WITH_MODULES)
 
 
 @pytest.mark.parametrize("name", [n for n in ALL if SETTINGS[n]["divergence"]])
@@ -778,3 +791,239 @@ def test_every_loss_names_its_reference() -> None:
     assert all(loss_reference(name) for name in ALL)
     assert loss_reference("fitnet").startswith("Romero et al., \"FitNets")
     assert loss_reference("rkd").startswith("Park, Kim, Lu & Cho, \"Relational Knowledge Distillation\"")
+    assert loss_reference("crd").startswith("Tian, Krishnan & Isola, \"Contrastive Representation Distillation\"")
+    assert loss_reference("reviewkd").startswith("Chen, Liu, Zhao & Jia, \"Distilling Knowledge via "
+                                                 "Knowledge Review\"")
+
+
+# ----------------------------------------------------------------------------- CRD
+
+
+def _crd(n: int = 6, nce_k: int = 5, **hp):
+    """A CRD loss bound to made-up embeddings (student 5-d, teacher 7-d) and a training set of
+    ``N_SAMPLES`` with ``SAMPLE_LABELS``; its features and a batch of distinct indices."""
+    torch.manual_seed(0)
+    s, t, y = make_batch(40, n=n)
+    e_s = torch.randn(n, 5, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    e_t = torch.randn(n, 7, generator=torch.Generator().manual_seed(2)).requires_grad_()
+    stud, teach = StageOutput(s, [], e_s), StageOutput(t, [], e_t)
+    loss_fn = create_loss("crd", nce_k=nce_k, feat_dim=4, **hp)
+    loss_fn.bind(StageShapes.of(stud), StageShapes.of(teach))
+    loss_fn.bind_samples(SAMPLE_LABELS)
+    index = torch.tensor([3, 50, 11, 199, 0, 77])[:n]
+    return loss_fn, s, t, y, (stud, teach), index
+
+
+def _recording_draws(loss_fn) -> list[torch.Tensor]:
+    drawn: list[torch.Tensor] = []
+    draw = loss_fn.draw
+    loss_fn.draw = lambda index: drawn.append(draw(index)) or drawn[-1]
+    return drawn
+
+
+def test_crd_matches_the_nce_equations_and_updates_the_banks() -> None:
+    """Tian et al. eq. (18) as the authors' code computes it, written per row and per negative
+    in float64 from the loss's own heads, banks and drawn indices: scores exp(⟨M[j], e⟩/τ)/Z
+    with Z = N · mean of the first batch's scores, log h⁺/(h⁺ + K/N + ε) and
+    log (K/N)/(h⁻ + K/N + ε) summed and averaged over the batch, both anchors; value and
+    gradients (student embedding, both heads; none to the teacher), then the momentum update."""
+    loss_fn, s, t, y, (stud, teach), index = _crd(nce_t=0.5, nce_momentum=0.3, kd_weight=0.8, ce_weight=0.5)
+    drawn = _recording_draws(loss_fn)
+    m_s, m_t = loss_fn.memory_s.clone().double(), loss_fn.memory_t.clone().double()
+    out = loss_fn(s, t, y, features=(stud, teach), index=index)
+    idx, = drawn
+    n_data, k, tau = N_SAMPLES, 5, 0.5
+
+    def head(module, e):
+        z = e.double() @ module.linear.weight.double().t() + module.linear.bias.double()
+        return z / z.norm(dim=1, keepdim=True)
+
+    e_s, e_t = head(loss_fn.embed_s, stud.embedding), head(loss_fn.embed_t, teach.embedding.detach())
+    raw_s = torch.stack([torch.stack([torch.exp(m_t[j] @ e_s[b] / tau) for j in idx[b]]) for b in range(6)])
+    raw_t = torch.stack([torch.stack([torch.exp(m_s[j] @ e_t[b] / tau) for j in idx[b]]) for b in range(6)])
+
+    def nce(raw):
+        h = raw / (raw.detach().mean() * n_data)
+        c = k / n_data
+        total = sum(torch.log(h[b, 0] / (h[b, 0] + c + 1e-7))
+                    + sum(torch.log(c / (h[b, j] + c + 1e-7)) for j in range(1, k + 1)) for b in range(6))
+        return -total / 6
+
+    expected = 0.5 * F.cross_entropy(s.double(), y) + 0.8 * (nce(raw_s) + nce(raw_t))
+    assert float(out["loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(out["stats/crd_student"]) == pytest.approx(float(nce(raw_s)), rel=1e-5)
+    params = [stud.embedding, *loss_fn.embed_s.parameters(), *loss_fn.embed_t.parameters()]
+    got = torch.autograd.grad(out["loss"], params, retain_graph=True)
+    want = torch.autograd.grad(expected, params)
+    for g, h in zip(got, want, strict=True):
+        assert g.abs().sum() > 0
+        torch.testing.assert_close(g.double(), h.double(), rtol=1e-4, atol=1e-7)
+    assert teach.embedding.grad is None
+    torch.testing.assert_close(loss_fn.z.double(), torch.stack([raw_s.mean(), raw_t.mean()]).detach() * n_data,
+                               rtol=1e-5, atol=0)
+    # the banks: the batch's rows moved towards this step's embeddings, the others kept
+    for bank, old, e in ((loss_fn.memory_s, m_s, e_s), (loss_fn.memory_t, m_t, e_t)):
+        new = old.clone()
+        moved = 0.3 * old[index] + 0.7 * e.detach()
+        new[index] = moved / moved.norm(dim=1, keepdim=True)
+        torch.testing.assert_close(bank.double(), new, rtol=1e-5, atol=1e-6)
+
+
+def test_crd_negatives_other_classes_distinct_and_deterministic() -> None:
+    loss_fn, *_ = _crd(nce_k=40)
+    index = torch.tensor([3, 50, 11, 199, 0, 77])
+    idx = loss_fn.draw(index)
+    assert idx.shape == (6, 41) and torch.equal(idx[:, 0], index)
+    neg = idx[:, 1:]
+    assert (SAMPLE_LABELS[neg] != SAMPLE_LABELS[index][:, None]).all()  # other classes only
+    assert all(len(set(row.tolist())) == 40 for row in neg)  # without replacement
+    assert not torch.equal(loss_fn.draw(index), idx)  # a fresh draw every step
+    again, *_ = _crd(nce_k=40)  # the same seeded stream: the same negatives
+    assert torch.equal(again.draw(index), idx)
+    torch.manual_seed(1)  # another seed: others
+    other = create_loss("crd", nce_k=40)
+    other.bind_samples(SAMPLE_LABELS)
+    assert not torch.equal(other.draw(index), idx)
+    # more negatives than other-class samples: with replacement, as the reference
+    few = create_loss("crd", nce_k=500)
+    few.bind_samples(SAMPLE_LABELS)
+    assert few.replacement and few.draw(index).shape == (6, 501)
+
+
+def test_crd_evaluation_changes_nothing_and_a_checkpoint_restores_the_banks() -> None:
+    from cist_bench.engine.batches import load_state_bytes, state_bytes
+
+    loss_fn, s, t, y, features, index = _crd()
+    loss_fn(s, t, y, features=features, index=index)  # one training step: banks, Z and the draws move
+    before = {k: v.clone() for k, v in loss_fn.state_dict().items() if torch.is_tensor(v)}
+    extra = dict(loss_fn.get_extra_state())
+    assert extra["draws"] == 1 and (loss_fn.z > 0).all()
+    loss_fn.eval()
+    out = loss_fn(s, t, y, features=features)  # evaluation: no index, no draw, no update
+    assert float(out["kd"]) == 0.0 and "stats/crd_student" not in out
+    for key, value in loss_fn.state_dict().items():
+        if torch.is_tensor(value):
+            assert torch.equal(value, before[key]), key
+    assert loss_fn.get_extra_state() == extra
+    loss_fn.train()
+    with pytest.raises(ValueError, match="index"):
+        loss_fn(s, t, y, features=features)
+
+    saved = state_bytes(loss_fn)
+    restored, *_ = _crd()
+    restored.bind_samples(SAMPLE_LABELS.flip(0))  # built afresh (other banks), then restored
+    restored.bind_samples(SAMPLE_LABELS)
+    load_state_bytes(restored, saved)
+    for key, value in loss_fn.state_dict().items():
+        if torch.is_tensor(value):
+            assert torch.equal(restored.state_dict()[key], value), key
+    assert restored.get_extra_state() == extra
+    assert torch.equal(restored.draw(index), loss_fn.draw(index))  # the draws continue alike
+
+
+def test_crd_refused_with_data_parallel_workers(tmp_path) -> None:
+    """Each worker would update its own banks: the suite says so before anything runs."""
+    import yaml
+
+    from cist_bench.config import SuiteError, load_suite
+
+    suite = {"name": "crd_ddp", "seeds": [0], "resources": {"num_workers": 2},
+             "methods": {"crd": {"loss": "crd"}},
+             "tasks": {"digits": {"pairs": [{"teacher": {"model": {"name": "tiny_cnn"}, "train": {"epochs": 1}},
+                                             "student": {"name": "tiny_mlp"}}]}}}
+    path = tmp_path / "crd_ddp.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    with pytest.raises(SuiteError, match="resources.num_workers"):
+        load_suite(path, verify_data=False)
+    suite["resources"]["num_workers"] = 1
+    path.write_text(yaml.safe_dump(suite))
+    assert [r.loss.name for r in load_suite(path, verify_data=False).runs()] == ["crd"]
+
+
+# ----------------------------------------------------------------------------- ReviewKD
+
+
+def _pool(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """Average over ``grid`` x ``grid`` equal cells (sizes divisible by the grid)."""
+    b, c, h, w = x.shape
+    return x.reshape(b, c, grid, h // grid, grid, w // grid).mean((3, 5))
+
+
+def _up(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Nearest upsampling by a whole factor: each cell repeated."""
+    f = size // x.shape[-1]
+    return x.repeat_interleave(f, dim=2).repeat_interleave(f, dim=3)
+
+
+def test_reviewkd_matches_the_review_equations() -> None:
+    """ABFs from the deepest level up (1x1 conv + BN, attention σ(conv1x1[x, up(r)]) mixing in
+    the upsampled deeper residual, nearest resize to the teacher's size, 3x3 conv + BN) and the
+    HCL on the 4/2/1 pooled grids, written out by hand with the loss's own weights; the levels,
+    channels and sizes read from the bound shapes; value and gradients (student features, every
+    ABF parameter; none to the teacher)."""
+    torch.manual_seed(0)
+    n = 4
+    s, t, y = make_batch(41, n=n)
+    f1, f2 = torch.randn(n, 4, 8, 8).relu().requires_grad_(), torch.randn(n, 8, 4, 4).relu().requires_grad_()
+    e_s = torch.randn(n, 8).requires_grad_()
+    t1, t2, e_t = torch.randn(n, 6, 16, 16), torch.randn(n, 12, 8, 8), torch.randn(n, 12)
+    stud = StageOutput(s, [torch.zeros(n, 2, 16, 16), f1, f2], e_s)
+    teach = StageOutput(t, [torch.zeros(n, 3, 32, 32), t1, t2], e_t.requires_grad_())
+    teach_in = teach._replace(stages=[f.requires_grad_() for f in teach.stages])
+    loss_fn = create_loss("reviewkd", warmup=0.5, ramp="step", kd_weight=2.0, ce_weight=0.5)
+    loss_fn.bind(StageShapes.of(stud), StageShapes.of(teach))
+    assert [(a.conv1[0].in_channels, a.conv1[0].out_channels, a.conv2[0].out_channels, a.att is not None)
+            for a in loss_fn.abfs] == [(4, 8, 6, True), (8, 8, 12, True), (8, 8, 12, False)]
+    out = loss_fn(s, t, y, progress=0.25, features=(stud, teach_in))
+
+    def bn(x, m):
+        return _batchnorm_train(x, m.weight, m.bias, m.eps)
+
+    def abf(a, x, residual, size):
+        x = bn(F.conv2d(x, a.conv1[0].weight), a.conv1[1])
+        if residual is not None:
+            up = _up(residual, x.shape[-1])
+            att = torch.sigmoid(F.conv2d(torch.cat([x, up], 1), a.att[0].weight, a.att[0].bias))
+            x = x * att[:, :1] + up * att[:, 1:]
+        x = _up(x, size)
+        return bn(F.conv2d(x, a.conv2[0].weight, padding=1), a.conv2[1]), x
+
+    g3, r3 = abf(loss_fn.abfs[2], e_s.view(n, 8, 1, 1), None, 1)
+    g2, r2 = abf(loss_fn.abfs[1], f2, r3, 8)
+    g1, _ = abf(loss_fn.abfs[0], f1, r2, 16)
+
+    def hcl_level(g, tt):
+        if g.shape[-1] == 1:
+            return ((g - tt) ** 2).mean()
+        terms = ((g - tt) ** 2).mean() + sum(((_pool(g, k) - _pool(tt, k)) ** 2).mean() / 2 ** (i + 1)
+                                              for i, k in enumerate((4, 2, 1)))
+        return terms / (1 + 1 / 2 + 1 / 4 + 1 / 8)
+
+    hcl_value = hcl_level(g1, t1) + hcl_level(g2, t2) + hcl_level(g3, e_t.detach().view(n, 12, 1, 1))
+    expected = 0.5 * F.cross_entropy(s, y) + 2.0 * 0.5 * hcl_value  # warm-up: 0.25 / 0.5
+    torch.testing.assert_close(out["loss"], expected, rtol=1e-5, atol=1e-6)
+    assert float(out["stats/hcl"]) == pytest.approx(float(hcl_value), rel=1e-5)
+    params = [f1, f2, e_s, *loss_fn.parameters()]
+    got = torch.autograd.grad(out["loss"], params, retain_graph=True)
+    want = torch.autograd.grad(expected, params)
+    for g, h in zip(got, want, strict=True):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-6)
+    out["loss"].backward()
+    assert all(f.grad is None for f in [*teach_in.stages, teach_in.embedding])
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in loss_fn.parameters())
+
+
+def test_reviewkd_pairs_the_deepest_levels_and_asks_for_the_teachers_preactivation() -> None:
+    # an MLP student (one flat stage) against a CNN teacher: the embeddings alone, as 1x1 maps
+    flat = StageShapes(torch.Size([2, 10]), (torch.Size([2, 32]),), torch.Size([2, 32]))
+    maps = StageShapes(torch.Size([2, 10]), (torch.Size([2, 8, 8, 8]), torch.Size([2, 16, 4, 4])),
+                       torch.Size([2, 16]))
+    loss_fn = create_loss("reviewkd")
+    loss_fn.bind(flat, maps)
+    assert len(loss_fn.abfs) == 1 and loss_fn.abfs[0].att is None and loss_fn.out_sizes == [(1, 1)]
+    assert "teacher_preact" in loss_fn.features
+    assert "teacher_preact" not in create_loss("reviewkd", teacher_preact=False).features
+    with pytest.raises(ValueError, match="features"):
+        s, t, y = make_batch(42)
+        create_loss("reviewkd")(s, t, y)

@@ -540,6 +540,11 @@ class _Builder:
                 method = suite.methods[label]
                 loss = self.loss_spec(label, method.loss, [("methods", label, "hparams"),
                                                            (*ploc, "hparams", label)])
+                if LOSSES.get(method.loss).needs_index and suite.resources.num_workers > 1:
+                    self.fail(("resources", "num_workers"), f"method {label!r} (loss {method.loss!r}) "
+                              "keeps state per training sample (a memory bank) that data-parallel workers "
+                              f"would each update apart; it runs on one worker: set resources.num_workers "
+                              f"to 1 (got {suite.resources.num_workers})")
                 train = self.train_spec([("train",), (*tloc, "train"), (*ploc, "train"),
                                          ("methods", label, "train")])
                 # every run of the pair names its teacher (ce runs too: the pair is part of what a

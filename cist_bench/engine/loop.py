@@ -128,13 +128,13 @@ def evaluate(model: nn.Module, task: Task, dataset: Dataset, *, info: DistInfo,
                          workers, device, private_rng=True)
     # a feature loss's diagnostics need the student's and the (online) teacher's features
     features = teacher is not None and loss_fn is not None and bool(loss_fn.features)
-    preact = features and "preact" in loss_fn.features
+    preact, teacher_preact = feature_preact(loss_fn.features) if features else (False, False)
     for x, y, idx in loader:
         x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
         extra: dict[str, Any] = {}
         with amp_context(amp, device):
             if features:
-                s_out, t_out = forward_stages(model, x, preact=preact), teacher.stages(x, preact=preact)
+                s_out, t_out = forward_stages(model, x, preact=preact), teacher.stages(x, preact=teacher_preact)
                 logits, extra["features"] = s_out.logits, (s_out, t_out)
             else:
                 logits = model(x)
@@ -158,6 +158,29 @@ def evaluate(model: nn.Module, task: Task, dataset: Dataset, *, info: DistInfo,
 
 
 # --------------------------------------------------------------------------------- training
+
+
+def feature_preact(features: frozenset[str]) -> tuple[bool, bool]:
+    """Whether the student's and the teacher's stage features are taken before their last ReLU
+    (``"preact"``: both; ``"teacher_preact"``: the teacher's only, as ReviewKD's code)."""
+    return "preact" in features, "preact" in features or "teacher_preact" in features
+
+
+def split_labels(dataset: Dataset) -> torch.Tensor:
+    """The class of every sample of a split, in the order the loader's indices address them,
+    read without loading an image: a :class:`~cist_bench.data.base.TensorImageDataset` (its
+    ``labels`` of the source split at its ``indices``) or a subset of a torchvision folder
+    dataset (``base.targets`` at ``indices``)."""
+    labels, indices = getattr(dataset, "labels", None), getattr(dataset, "indices", None)
+    if indices is not None:
+        positions = torch.as_tensor(indices, dtype=torch.int64)
+        if isinstance(labels, torch.Tensor):
+            return labels.cpu()[positions]
+        targets = getattr(getattr(dataset, "base", None), "targets", None)
+        if targets is not None:
+            return torch.as_tensor(targets, dtype=torch.int64)[positions]
+    raise ValueError(f"the training split ({type(dataset).__name__}) does not expose its labels "
+                     "(labels and indices): a loss with per-sample state cannot run on it")
 
 
 def _is_better(value: float, best: float | None, higher_is_better: bool) -> bool:
@@ -216,12 +239,18 @@ class RunState:
         #: the loss distils features: the student runs through forward_stages, the teacher
         #: online every step, and the loss's modules are sized (bind) before the optimiser
         self.feature_loss = bool(loss_fn.features)
-        self.preact = "preact" in loss_fn.features
+        self.preact, self.teacher_preact = feature_preact(loss_fn.features)
         forward_module: nn.Module = student
         if self.feature_loss:
             if self.teacher_runtime is None:
                 raise ValueError(f"loss {spec.loss.name} distils features: it needs a teacher")
             loss_fn.bind(*self.feature_shapes())
+            if loss_fn.needs_index:  # per-sample state (CRD's memory banks): one worker only
+                if info.distributed:
+                    raise ValueError(f"loss {spec.loss.name} keeps state per training sample, which "
+                                     "data-parallel workers would each update apart: set "
+                                     "resources.num_workers to 1")
+                loss_fn.bind_samples(split_labels(self.splits["train"]))
             loss_fn.to(device)
             forward_module = StageForward(student, self.preact)
         self.t_setup = time.perf_counter() - self.t_start
@@ -286,7 +315,7 @@ class RunState:
         with torch.no_grad():
             s_out = forward_stages(self.student, x, preact=self.preact)
         self.student.train(was_training)
-        t_out = self.teacher_runtime.stages(x, preact=self.preact)
+        t_out = self.teacher_runtime.stages(x, preact=self.teacher_preact)
         return StageShapes.of(s_out), StageShapes.of(t_out)
 
     # ------------------------------------------------------------------ one epoch, step by step
@@ -319,8 +348,11 @@ class RunState:
             return self.model(x), self.teacher_logits(x, idx), {}
         assert self.teacher_runtime is not None
         s_out = self.model(x)
-        t_out = self.teacher_runtime.stages(x, preact=self.preact)
-        return s_out.logits, t_out.logits, {"features": (s_out, t_out)}
+        t_out = self.teacher_runtime.stages(x, preact=self.teacher_preact)
+        extra: dict[str, Any] = {"features": (s_out, t_out)}
+        if self.loss_fn.needs_index:  # the rows' indices in the training split (CRD's banks)
+            extra["index"] = idx.to(self.device, non_blocking=True)
+        return s_out.logits, t_out.logits, extra
 
     def teacher_logits(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
         return self.teacher_runtime.logits(x, split="train", index=idx) \

@@ -35,6 +35,13 @@ feature shapes before it builds the optimiser; from then on they are parameters 
 module like CTKD's temperature: trained by the student's optimiser, saved and restored with the
 checkpoint, counted in the record's ``loss_params``. Logit losses (``features`` empty) never see
 features and take exactly the path they always took.
+
+**Per-sample state** (CRD's memory banks: one vector per training sample): a loss that declares
+:attr:`DistillationLoss.needs_index` is told the training split's labels (one per sample, their
+count the training-set size) by :meth:`~DistillationLoss.bind_samples` before the optimiser is
+built, and gets each training row's index in that split as ``index=`` (the loader's ``idx``),
+passed on to ``distill_features``. Evaluation calls it without indices, in eval mode; such a loss
+must leave its state unchanged there. Its state is per process: it runs on one worker only.
 """
 
 from __future__ import annotations
@@ -181,11 +188,17 @@ class DistillationLoss(nn.Module):
     #: stacked copy to every member of a fused pack after an epoch
     host_state: ClassVar[tuple[str, ...]] = ()
     #: the features the loss needs besides logits, any of ``"stages"`` (every stage's feature
-    #: map), ``"preact"`` (stage features before their last ReLU, in place of ``"stages"``) and
+    #: map), ``"preact"`` (stage features before their last ReLU, in place of ``"stages"``),
+    #: ``"teacher_preact"`` (the teacher's stages before their last ReLU, the student's after) and
     #: ``"embedding"`` (the pooled features the classifier sees). Non-empty: the engine runs the
     #: student through ``forward_stages`` and the teacher online every step (features are not
     #: cached), calls :meth:`bind` first, and never fuses the run into a pack.
     features: ClassVar[frozenset[str]] = frozenset()
+    #: the loss keeps state per training sample (CRD's memory banks): the engine calls
+    #: :meth:`bind_samples` with the training split's labels, passes each training row's index in
+    #: that split (``index=``, training only), and refuses data-parallel workers, which would
+    #: each update their own copy of the state
+    needs_index: ClassVar[bool] = False
 
     def __init__(self, *, ce_weight: float) -> None:
         super().__init__()
@@ -210,6 +223,11 @@ class DistillationLoss(nn.Module):
         dimension included) before the optimiser is built: a loss whose modules depend on them
         (FitNet's regressor) creates them here. The default has nothing to build."""
 
+    def bind_samples(self, labels: Tensor) -> None:
+        """Called by the engine, for a loss that declares :attr:`needs_index`, with the class of
+        every training sample ``(N,)`` in the order of the loader's indices (``N`` is the
+        training-set size), after :meth:`bind` and before the optimiser is built."""
+
     # ----------------------------------------------------------------------------------
     def hparams(self) -> dict[str, Any]:
         """The hyperparameters this loss was built with (for result records)."""
@@ -218,10 +236,13 @@ class DistillationLoss(nn.Module):
     def forward(self, student_logits: Tensor, teacher_logits: Tensor | None = None,
                 target: Tensor | None = None, progress: float = 0.0,
                 epoch_progress: float | None = None, *, complete_targets: bool = False,
-                features: tuple[StageOutput, StageOutput] | None = None) -> dict[str, Tensor]:
+                features: tuple[StageOutput, StageOutput] | None = None,
+                index: Tensor | None = None) -> dict[str, Tensor]:
         """``complete_targets``: the caller knows no target is ``IGNORE_INDEX`` (an image task),
         so the mask check (a host read of a device tensor) is skipped. ``features``: (student,
-        teacher) stage outputs, for a loss that declares :attr:`features` (ignored otherwise)."""
+        teacher) stage outputs, for a loss that declares :attr:`features` (ignored otherwise).
+        ``index``: each row's index in the training split, for a loss that declares
+        :attr:`needs_index` (required in training mode, ignored otherwise)."""
         for name, value in (("progress", progress), ("epoch_progress", epoch_progress)):
             if value is not None and not (-1e-6 <= float(value) <= 1.0 + 1e-6):
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
@@ -283,8 +304,14 @@ class DistillationLoss(nn.Module):
             teacher = teacher._replace(logits=teacher.logits.detach(),
                                        stages=[f.detach().float() for f in teacher.stages],
                                        embedding=teacher.embedding.detach().float())
+            extra: dict[str, Any] = {}
+            if self.needs_index:
+                if index is None and self.training:
+                    raise ValueError(f"{type(self).__name__} needs each training row's index in the "
+                                     "training split (index=) in training mode")
+                extra["index"] = index.reshape(-1) if index is not None else None
             kd, stats = self.distill_features(s.float(), t.float() if t is not None else None, y, progress,
-                                              student, teacher)
+                                              student, teacher, **extra)
         else:
             kd, stats = self.distill(s.float(), t.float() if t is not None else None, y, progress)
         return {"loss": ce + kd, "ce": ce, "kd": kd, **stats}
