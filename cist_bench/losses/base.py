@@ -35,6 +35,14 @@ feature shapes before it builds the optimiser; from then on they are parameters 
 module like CTKD's temperature: trained by the student's optimiser, saved and restored with the
 checkpoint, counted in the record's ``loss_params``. Logit losses (``features`` empty) never see
 features and take exactly the path they always took.
+
+**Multi-view losses** (MLKD) declare the extra augmented views of each image they need in
+:attr:`DistillationLoss.views` (``("strong",)``) and are called with ``views={"strong":
+(student_logits, teacher_logits)}`` for the same images in that view, beside the usual (weak)
+view's logits; they implement :meth:`~DistillationLoss.distill_views`. Their ``"ce"`` term sums
+the cross-entropy over every view the student saw (the MLKD reference: CE on the weak and on the
+strong view). Ignored rows are dropped from every view alike. Losses without ``views`` never see
+them.
 """
 
 from __future__ import annotations
@@ -186,6 +194,12 @@ class DistillationLoss(nn.Module):
     #: student through ``forward_stages`` and the teacher online every step (features are not
     #: cached), calls :meth:`bind` first, and never fuses the run into a pack.
     features: ClassVar[frozenset[str]] = frozenset()
+    #: the augmented views of each image the loss needs besides the task's own (weak) one, from
+    #: :data:`cist_bench.data.base.EXTRA_VIEWS` (``"strong"``: the task's ``strong_augment``
+    #: policy). Non-empty: the training split yields every view (``with_views``), the student
+    #: and the teacher see each, the teacher online for the extra ones, and the run never fuses
+    #: into a pack. At evaluation (no augmentation) the one rendering stands for every view.
+    views: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, ce_weight: float) -> None:
         super().__init__()
@@ -205,6 +219,13 @@ class DistillationLoss(nn.Module):
         student's and teacher's stage outputs (float32; the teacher's detached)."""
         raise NotImplementedError
 
+    def distill_views(self, s: Tensor, t: Tensor, y: Tensor | None, progress: float,
+                      views: dict[str, tuple[Tensor, Tensor]]) -> tuple[Tensor, Stats]:
+        """A multi-view loss's weighted term and stats: ``s, t, y`` as for :meth:`distill` on the
+        usual (weak) view, and per extra view the (student, teacher) logits of the same rows
+        (float32; the teacher's detached)."""
+        raise NotImplementedError
+
     def bind(self, student: StageShapes, teacher: StageShapes) -> None:
         """Called by the engine with the student's and teacher's feature shapes (batch
         dimension included) before the optimiser is built: a loss whose modules depend on them
@@ -218,10 +239,13 @@ class DistillationLoss(nn.Module):
     def forward(self, student_logits: Tensor, teacher_logits: Tensor | None = None,
                 target: Tensor | None = None, progress: float = 0.0,
                 epoch_progress: float | None = None, *, complete_targets: bool = False,
-                features: tuple[StageOutput, StageOutput] | None = None) -> dict[str, Tensor]:
+                features: tuple[StageOutput, StageOutput] | None = None,
+                views: dict[str, tuple[Tensor, Tensor]] | None = None) -> dict[str, Tensor]:
         """``complete_targets``: the caller knows no target is ``IGNORE_INDEX`` (an image task),
         so the mask check (a host read of a device tensor) is skipped. ``features``: (student,
-        teacher) stage outputs, for a loss that declares :attr:`features` (ignored otherwise)."""
+        teacher) stage outputs, for a loss that declares :attr:`features` (ignored otherwise).
+        ``views``: name → (student, teacher) logits of the same images in that view, for a loss
+        that declares :attr:`views` (ignored otherwise)."""
         for name, value in (("progress", progress), ("epoch_progress", epoch_progress)):
             if value is not None and not (-1e-6 <= float(value) <= 1.0 + 1e-6):
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
@@ -240,6 +264,19 @@ class DistillationLoss(nn.Module):
             t = teacher_logits.detach().reshape(-1, num_classes)
         elif self.needs_teacher:
             raise ValueError(f"{type(self).__name__} needs teacher logits")
+        extra: dict[str, tuple[Tensor, Tensor]] = {}
+        if self.views:
+            missing = [v for v in self.views if views is None or v not in views]
+            if missing:
+                raise ValueError(f"{type(self).__name__} needs the student's and teacher's logits on the "
+                                 f"{', '.join(missing)} view (views={{name: (student, teacher)}})")
+            assert views is not None
+            for name in self.views:
+                vs, vt = views[name]
+                if vs.shape != student_logits.shape or vt.shape != student_logits.shape:
+                    raise ValueError(f"the {name} view's logits {tuple(vs.shape)}/{tuple(vt.shape)} differ "
+                                     f"in shape from the student's {tuple(student_logits.shape)}")
+                extra[name] = (vs.reshape(-1, num_classes), vt.detach().reshape(-1, num_classes))
         y = None
         if target is not None:
             y = target.reshape(-1)
@@ -255,6 +292,7 @@ class DistillationLoss(nn.Module):
                                          "drop ignored positions (an image task has none)")
                     s, y = s[valid], y[valid]
                     t = t[valid] if t is not None else None
+                    extra = {k: (vs[valid], vt[valid]) for k, (vs, vt) in extra.items()}
         elif self.needs_target or self.ce_weight > 0:
             raise ValueError(f"{type(self).__name__} needs targets (ce_weight={self.ce_weight})")
 
@@ -271,6 +309,8 @@ class DistillationLoss(nn.Module):
             nll = F.cross_entropy(s.float(), y, reduction="none")
             self.student_nll = nll.detach()
             ce = self.ce_weight * nll.mean()
+            for vs, _ in extra.values():  # a multi-view loss: CE on every view the student saw
+                ce = ce + self.ce_weight * F.cross_entropy(vs.float(), y)
         else:
             ce = s.new_zeros((), dtype=torch.float32)
         if self.features:
@@ -285,6 +325,9 @@ class DistillationLoss(nn.Module):
                                        embedding=teacher.embedding.detach().float())
             kd, stats = self.distill_features(s.float(), t.float() if t is not None else None, y, progress,
                                               student, teacher)
+        elif self.views:
+            kd, stats = self.distill_views(s.float(), t.float(), y, progress,
+                                           {k: (vs.float(), vt.float()) for k, (vs, vt) in extra.items()})
         else:
             kd, stats = self.distill(s.float(), t.float() if t is not None else None, y, progress)
         return {"loss": ce + kd, "ce": ce, "kd": kd, **stats}
