@@ -95,7 +95,7 @@ def test_expands_to_the_exact_product_in_order(suite: Suite) -> None:
     ]
     assert len({r.run_id for r in runs}) == len(runs) == 12
     for r in runs:  # resolved: every option of the task, defaults included
-        assert r.task.options == {**create_task("digits").options, "train_size": 200, "val_size": 50}
+        assert r.task.options == {**create_task("digits").spec_options(), "train_size": 200, "val_size": 50}
         assert r.resources.num_workers == 1 and r.pair is not None
 
 

@@ -410,3 +410,26 @@ def test_crd_trains_with_its_memory_banks_checkpointed_and_restored(feature_cach
     for key in ("memory_s", "memory_t", "z", "embed_s.linear.weight"):
         assert torch.equal(state[key], saved[key]), key
     assert state["_extra_state"] == saved["_extra_state"]
+
+
+def test_mlkd_trains_on_a_weak_and_a_strong_view(cache, monkeypatch) -> None:
+    """MLKD on digits: the loader yields both views, the student sees each, the teacher's
+    strong-view logits are computed online (and only those: the weak view's come from the
+    usual path), the loss's level terms are recorded."""
+    one = dataclasses.replace(TRAIN, epochs=1)
+    teacher = dataclasses.replace(TEACHER, train=dataclasses.replace(TEACHER.train, epochs=1))
+    spec = digits_run("mlkd", train=one, teacher=teacher, task=TaskSpec("digits", {"train_size": 512}))
+    online_calls = []
+    original = TeacherRuntime.online
+
+    def counting(self, x):
+        online_calls.append(tuple(x.shape))
+        return original(self, x)
+
+    monkeypatch.setattr(TeacherRuntime, "online", counting)
+    out = train(spec, cache=cache)
+    assert math.isfinite(out.metrics["test"]["accuracy"])
+    train_stats = out.diagnostics["train"]
+    assert train_stats["instance_mean"] > 0 and train_stats["class_mean"] >= 0
+    assert 0.5 <= train_stats["sample_mask_mean"] <= 1.0
+    assert online_calls and all(shape[1:] == (1, 8, 8) for shape in online_calls)

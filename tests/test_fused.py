@@ -164,6 +164,8 @@ def test_what_cannot_be_fused_is_named() -> None:
     # feature losses stack no features: they run as separate runs, and say so
     for loss in ("fitnet", "rkd", "crd", "reviewkd"):
         assert "distils features" in fusion_problem([digits_run(loss), digits_run(loss, seed=1)])
+    # a multi-view loss sees a strong view a pack does not stack
+    assert "several views" in fusion_problem([digits_run("mlkd"), digits_run("mlkd", seed=1)])
 
 
 # ------------------------------------------------------------------ the cost of a fused step

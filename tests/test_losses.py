@@ -8,6 +8,9 @@ computations, and golden values at fixed seeds are pinned in ``fixtures/loss_gol
 Feature losses (a non-empty ``features`` declaration) get stage outputs besides the logits:
 :func:`call` makes them (fixed shapes, student and teacher of different widths), binds the loss
 to their shapes and passes them, so every registry-parametrised test covers them too.
+Multi-view losses (a non-empty ``views`` declaration, MLKD) get each extra view's logits made
+from the rows by one fixed map applied to student and teacher alike (:func:`make_views`): equal
+logits give equal views, and dropping rows drops them from every view.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ SETTINGS: dict[str, dict] = {
     "crd": {"hp": {"nce_k": 32, "feat_dim": 16}, "divergence": False, "invalid": {"nce_momentum": 1.5}},
     # the fusion modules map the student's features: not zero at equal features
     "reviewkd": {"hp": {"warmup": 0.0}, "divergence": False, "invalid": {"warmup": 2.0}},
+    "mlkd": {"hp": {}, "divergence": True, "invalid": {"mask_percentile": 150.0}},
 }
 ALL = list_losses()
 FEATURE_LOSSES = [n for n in ALL if LOSSES.get(n).features]
@@ -92,9 +96,20 @@ def make_features(s: torch.Tensor, t: torch.Tensor, seed: int = 0,
     return StageOutput(s, s_stages, torch.randn(n, 16, generator=g)), t_out
 
 
+def make_views(loss_fn: DistillationLoss, s: torch.Tensor,
+               t: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each extra view's (student, teacher) logits: one fixed row-wise map of ``s`` and ``t``."""
+    def view(z: torch.Tensor) -> torch.Tensor:
+        return z.roll(1, -1) * 1.3 + 0.2
+    return {name: (view(s), view(t)) for name in loss_fn.views}
+
+
 def call(loss_fn: DistillationLoss, s: torch.Tensor, t: torch.Tensor | None, y: torch.Tensor | None,
          features: tuple[StageOutput, StageOutput] | None = None, **kwargs) -> dict[str, torch.Tensor]:
-    """``loss_fn(s, t, y, **kwargs)``; a feature loss also gets (made, bound) features."""
+    """``loss_fn(s, t, y, **kwargs)``; a feature loss also gets (made, bound) features, a
+    multi-view loss its (made) views."""
+    if loss_fn.views and "views" not in kwargs:
+        kwargs["views"] = make_views(loss_fn, s, t)
     if not loss_fn.features:
         return loss_fn(s, t, y, **kwargs)
     if features is None:
@@ -130,7 +145,7 @@ def test_every_loss_has_settings() -> None:
 def test_expected_names_registered() -> None:
     expected = {"ce", "kd", "dkd", "ctkd", "dtkd", "dist", "cist", "cist_shared", "cist_noweight",
                 "cist_teacher_only", "cist_entropy", "fkl", "rkl", "tvd", "jsd", "skl", "srkl",
-                "akl", "ttm", "wttm", "fitnet", "rkd", "crd", "reviewkd"}
+                "akl", "ttm", "wttm", "fitnet", "rkd", "crd", "reviewkd", "mlkd"}
     assert expected <= set(ALL)
 
 
@@ -196,9 +211,9 @@ def test_ignore_index_equals_dropping_rows(name: str) -> None:
     keep = y_masked != -100
     hp = SETTINGS[name]["hp"]
     # (B, T, C) layout of a language model, with padding positions
-    full = create_loss(name, **hp)(s.view(3, 4, -1), t.view(3, 4, -1), y_masked.view(3, 4),
-                                   progress=0.7)
-    dropped = create_loss(name, **hp)(s[keep], t[keep], y[keep], progress=0.7)
+    full = call(create_loss(name, **hp), s.view(3, 4, -1), t.view(3, 4, -1), y_masked.view(3, 4),
+                progress=0.7)
+    dropped = call(create_loss(name, **hp), s[keep], t[keep], y[keep], progress=0.7)
     for key in ("loss", "ce", "kd"):
         torch.testing.assert_close(full[key], dropped[key], rtol=1e-5, atol=1e-6)
 
@@ -1027,3 +1042,83 @@ def test_reviewkd_pairs_the_deepest_levels_and_asks_for_the_teachers_preactivati
     with pytest.raises(ValueError, match="features"):
         s, t, y = make_batch(42)
         create_loss("reviewkd")(s, t, y)
+
+
+# ----------------------------------------------------------------------------- multi-view losses
+
+
+def _mlkd_by_hand(s_w, t_w, s_s, t_s, y, *, temperature=4.0, ce_weight=0.1, kd_weight=0.9, percentile=50.0):
+    """MLKD written out from the equations of the authors' KD_ours.py, in float64: instance KL at
+    five temperatures, the C×C and B×B Gram matrices, the median confidence masks reduced to
+    fractions (numpy's percentile), the strong term's τ = 2, 6 on the weak view."""
+    def probs(z, tau):
+        return torch.softmax(z / tau, 1)
+
+    def kd(s, t, tau):
+        p_t = probs(t, tau)
+        return tau**2 * (p_t * (p_t.log() - torch.log_softmax(s / tau, 1))).sum(1).mean()
+
+    def gram_class(s, t, tau):
+        a, b = probs(s, tau), probs(t, tau)
+        return ((b.T @ b - a.T @ a) ** 2).sum() / s.shape[1]
+
+    def gram_batch(s, t, tau):
+        a, b = probs(s, tau), probs(t, tau)
+        return ((b @ b.T - a @ a.T) ** 2).sum() / s.shape[0]
+
+    p = torch.softmax(t_w, 1).detach().numpy()
+    conf, per_class = p.max(1), p.sum(0)
+    m = float((conf <= np.percentile(conf, percentile)).mean())
+    c = float((per_class <= np.percentile(per_class, percentile)).mean())
+    taus = [temperature, 3.0, 5.0, 2.0, 6.0]
+    ce = ce_weight * (F.cross_entropy(s_w, y) + F.cross_entropy(s_s, y))
+    kd_weak = sum(kd_weight * kd(s_w, t_w, tau) * m for tau in taus)
+    kd_strong = sum(kd_weight * kd(s_s, t_s, tau) for tau in taus[:3]) + \
+        sum(kd_weight * kd(s_w, t_w, tau) for tau in taus[3:])
+    cc = sum(kd_weight * gram_class(s_w, t_w, tau) * c for tau in taus)
+    bc = sum(kd_weight * gram_batch(s_w, t_w, tau) * m for tau in taus)
+    return ce, kd_weak + kd_strong + cc + bc, (m, c)
+
+
+@pytest.mark.parametrize(("n", "temperature", "percentile"), [(16, 4.0, 50.0), (15, 1.0, 50.0), (12, 4.0, 30.0)])
+def test_mlkd_matches_the_reference_equations(n: int, temperature: float, percentile: float) -> None:
+    """Value and gradients against the equations written out here; the gradient reaches the
+    student's logits on both views and never the teacher's."""
+    s_w, t_w, y = make_batch(40 + n, n=n, c=7)
+    s_s, t_s, _ = make_batch(80 + n, n=n, c=7)
+    leaves = [z.double().requires_grad_() for z in (s_w, t_w, s_s, t_s)]
+    ce, kd, (m, c) = _mlkd_by_hand(*leaves, y, temperature=temperature, percentile=percentile)
+    want = torch.autograd.grad(ce + kd, [leaves[0], leaves[2]])
+
+    got_leaves = [z.clone().requires_grad_() for z in (s_w, t_w, s_s, t_s)]
+    loss_fn = create_loss("mlkd", temperature=temperature, mask_percentile=percentile)
+    out = loss_fn(got_leaves[0], got_leaves[1], y, views={"strong": (got_leaves[2], got_leaves[3])})
+    assert float(out["ce"]) == pytest.approx(float(ce), rel=1e-5)
+    assert float(out["kd"]) == pytest.approx(float(kd), rel=1e-5)
+    assert float(out["stats/sample_mask"]) == pytest.approx(m)
+    assert float(out["stats/class_mask"]) == pytest.approx(c)
+    if n % 2:  # an odd batch keeps the median sample too: the mask is not a half
+        assert m == pytest.approx((n + 1) / (2 * n))
+    out["loss"].backward()
+    for got, expected in zip((got_leaves[0], got_leaves[2]), want, strict=True):
+        torch.testing.assert_close(got.grad.double(), expected, rtol=1e-4, atol=1e-7)
+    assert got_leaves[1].grad is None and got_leaves[3].grad is None
+
+
+def test_mlkd_follows_the_code_where_it_departs_from_the_method() -> None:
+    """The strong view's class and batch terms are not in the loss, and the strong instance term
+    takes τ = 2 and 6 on the weak view: changing the strong view's logits changes only the CE and
+    the strong view's instance term at T, 3, 5."""
+    from cist_bench.losses.mlkd import instance_term
+
+    s_w, t_w, y = make_batch(7, n=10, c=6)
+    s_s, t_s, _ = make_batch(8, n=10, c=6)
+    loss_fn = create_loss("mlkd", ce_weight=0.0, kd_weight=1.0)
+    base = loss_fn(s_w, t_w, y, views={"strong": (s_s, t_s)})
+    other = loss_fn(s_w, t_w, y, views={"strong": (s_s * 2, t_s)})
+    delta = sum(instance_term(s_s * 2, t_s, tau) - instance_term(s_s, t_s, tau) for tau in (4.0, 3.0, 5.0))
+    assert float(other["kd"] - base["kd"]) == pytest.approx(float(delta), rel=1e-4)
+    torch.testing.assert_close(other["stats/class"], base["stats/class"])
+    torch.testing.assert_close(other["stats/batch"], base["stats/batch"])
+    with pytest.raises(ValueError, match="strong view"):
+        loss_fn(s_w, t_w, y)

@@ -28,7 +28,7 @@ PAIR_HPARAMS = {"fitnet": {"hint_layer": -1}, "crd": {"nce_k": 256}, "reviewkd":
 def test_every_image_method_runs_through_the_cli_on_ray(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CIST_BENCH_CACHE", str(tmp_path / "cache"))
     methods = [m for m in list_losses() if m not in LANGUAGE_ONLY]
-    assert {"ttm", "wttm", "cist", "dkd", "fitnet", "rkd", "crd", "reviewkd"} <= set(methods)
+    assert {"ttm", "wttm", "cist", "dkd", "fitnet", "rkd", "crd", "reviewkd", "mlkd"} <= set(methods)
     suite = {
         "name": "every_method", "seeds": [0], "max_concurrent": 2,
         "train": {"epochs": 1, "batch_size": 128, "optimizer": {"name": "sgd", "lr": 0.05}},

@@ -185,3 +185,61 @@ def test_runs_that_start_together_compute_a_teacher_cache_once(tmp_path, monkeyp
         t.join()
     assert len(calls) == 1
     assert torch.equal(runtimes[0].outputs("train"), runtimes[1].outputs("train"))
+
+
+# ------------------------------------------------------------------ several views of each image (MLKD)
+
+
+def _strong_dataset(**kw) -> TensorImageDataset:
+    ds = _dataset(**kw)
+    ds.strong = "randaugment"
+    return ds
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no GPU here"))])
+def test_strong_view_is_seeded_differs_from_the_weak_view_and_leaves_it_alone(device) -> None:
+    """``with_views(("strong",))``: each image as a (2, C, H, W) stack; the weak view (and its
+    view number) is exactly the plain split's draw, the strong one follows from the same seed
+    on any device, and it is another image."""
+    ds = _strong_dataset(n=16)
+    views = ds.with_views(("strong",))
+    assert ds.extra_views == () and views.images is ds.images  # shared, not copied
+    positions = list(range(len(ds)))
+    torch.manual_seed(5)
+    plain = ds.getitems_with_views(positions)
+    torch.manual_seed(5)
+    both = views.getitems_with_views(positions)
+    torch.manual_seed(5)
+    again = views.on(device).getitems_with_views(positions)
+    for (x, y, v), (xv, yv, vv), (xa, ya, va) in zip(plain, both, again, strict=True):
+        assert xv.shape == (2, *x.shape) and (y, v) == (yv, vv) == (ya, va)
+        assert torch.equal(xv[0], x)
+        assert torch.allclose(xa.cpu(), xv, atol=1e-5)
+    strong = torch.stack([b[0][1] for b in both])
+    weak = torch.stack([b[0][0] for b in both])
+    assert (strong - weak).abs().mean() > 0.1
+    torch.manual_seed(6)
+    other = torch.stack([b[0][1] for b in views.getitems_with_views(positions)])
+    assert not torch.allclose(other, strong)  # another seed, other draws
+
+
+def test_strong_view_options_and_refusals() -> None:
+    from cist_bench.data import create_task
+    from cist_bench.data.augment import RANDAUGMENT_OPS, _apply
+    from cist_bench.errors import ConfigError
+
+    task = create_task("digits")
+    assert task.options["strong_augment"] == "randaugment"
+    assert "strong_augment" not in task.spec_options()  # added later: run ids unchanged at its default
+    assert create_task("digits", strong_augment="none").spec_options()["strong_augment"] == "none"
+    with pytest.raises(ConfigError, match="strong_augment"):
+        create_task("digits", strong_augment="autoaugment")
+    with pytest.raises(ConfigError, match="strong_augment"):
+        _dataset().with_views(("strong",))  # the plain dataset's policy is "none"
+    with pytest.raises(ConfigError, match="no image view"):
+        _strong_dataset().with_views(("medium",))
+    x = torch.rand(4, 3, 8, 8)
+    for name, lo, hi in RANDAUGMENT_OPS:  # every operation keeps images in [0, 1]
+        y = _apply(name, x, torch.linspace(lo, hi, 4))
+        assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1, name

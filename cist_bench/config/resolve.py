@@ -18,7 +18,7 @@ from cist_bench.spec import LossSpec, ModelSpec, RunSpec, TaskSpec, TeacherSpec
 
 
 def resolve_task(spec: TaskSpec) -> TaskSpec:
-    return TaskSpec(spec.name, dict(create_task(spec.name, **spec.options).options))
+    return TaskSpec(spec.name, create_task(spec.name, **spec.options).spec_options())
 
 
 def check_model(spec: ModelSpec) -> ModelSpec:

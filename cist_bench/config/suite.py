@@ -352,7 +352,7 @@ class _Builder:
             task = create_task(name, **options)
         except (ConfigError, ValueError, TypeError) as exc:
             self.wrap(exc, options_loc)
-        spec = TaskSpec(name, dict(task.options))  # every option, defaults included
+        spec = TaskSpec(name, task.spec_options())  # every option, defaults included
         self.tasks.setdefault(spec_id(spec), (spec, loc, task))
         return spec
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from cist_bench.data.augment import check_policy, strong_augment
 from cist_bench.data.metrics import (
     ClassificationAccumulator,
     LanguageModelingAccumulator,
@@ -47,6 +48,9 @@ logger = logging.getLogger(__name__)
 TaskKind = Literal["image_classification", "language_modeling", "text_classification",
                    "instruction_following"]
 SplitName = Literal["train", "val", "test"]
+
+#: the extra views of each training image a method may ask for (besides the usual one)
+EXTRA_VIEWS = ("strong",)
 
 #: Salt mixed into the permutation that subsamples the test split. It is deliberately *not*
 #: ``split_seed``: changing the validation seed must not change which test images are scored.
@@ -79,6 +83,10 @@ class Option:
     doc: str
     optional: bool = False
     check: Callable[[Any], str | None] | None = None
+    #: declared after run ids existed: while it holds its default it is left out of the
+    #: options a spec records (:meth:`Task.spec_options`), so the ids of runs that do not use
+    #: it stay what they were (as :data:`cist_bench.spec.ADDED_LATER` for spec fields)
+    added_later: bool = False
 
 
 def _coerce(name: str, value: Any, opt: Option) -> Any:
@@ -215,6 +223,13 @@ class TensorImageDataset(Dataset):
     what :meth:`__getitems__` draws (the same random numbers, in the same order) and also returns
     each image's view; :meth:`view_batch` renders given images in one given view. A teacher's
     logits can thus be computed once per (image, view) and looked up at train time.
+
+    **Several views of each image** (a method that distils on a weak and a strong view, MLKD):
+    :meth:`with_views` returns this split yielding, per image, a ``(1 + V, C, H, W)`` stack —
+    the usual (weak) rendering first, then each named extra view. ``"strong"`` is the image
+    under its own crop and flip draw followed by the ``strong`` policy
+    (:mod:`cist_bench.data.augment`), drawn after the weak view's numbers, so the weak view and
+    its view number are exactly what the split yields without extra views.
     """
 
     def __init__(
@@ -230,6 +245,7 @@ class TensorImageDataset(Dataset):
         augment: bool = False,
         pad: int = 0,
         flip: bool = False,
+        strong: str = "none",
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(
@@ -242,6 +258,10 @@ class TensorImageDataset(Dataset):
         self.augment = augment
         self.pad = pad
         self.flip = flip
+        self.scale = scale
+        #: the strong view's policy, and the extra views this split yields (with_views)
+        self.strong = strong
+        self.extra_views: tuple[str, ...] = ()
         c = images.shape[1]
         mean_t = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
         std_t = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
@@ -276,10 +296,29 @@ class TensorImageDataset(Dataset):
             copies[device] = out
         return copies[device]
 
+    def with_views(self, names: Sequence[str]) -> TensorImageDataset:
+        """This split yielding, per image, its usual view and then each of ``names`` (so far
+        ``"strong"``), stacked on a new dimension 1. The images are shared, not copied."""
+        unknown = sorted(set(names) - set(EXTRA_VIEWS))
+        if unknown:
+            raise ConfigError(f"no image view named {unknown[0]!r} (known: {list(EXTRA_VIEWS)})")
+        if "strong" in names and self.strong == "none":
+            raise ConfigError("a strong view was asked for but the task's strong_augment is 'none'",
+                              field="strong_augment")
+        out = copy.copy(self)
+        out.extra_views = tuple(names)
+        out._on_device = {}  # its own device copies: they must yield the views too
+        return out
+
+    def _strong(self, x: torch.Tensor) -> torch.Tensor:
+        """The strong view of uint8 images ``x``, in [0, 1]: its own crop and flip, then the policy."""
+        x = self._crop_flip(x, *self._draw_views(x.shape[0]))
+        return strong_augment(self.strong, x.to(torch.float32) / self.scale)
+
     def _batch(self, positions: torch.Tensor, *, views: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         src = self._index_t[positions]
-        x = self.images[src.to(self.images.device)]
+        raw = x = self.images[src.to(self.images.device)]
         view = None
         if self.augment:
             oy, ox, flipped = self._draw_views(x.shape[0])
@@ -287,6 +326,9 @@ class TensorImageDataset(Dataset):
             if views:
                 view = self._view_ids(oy, ox, flipped)
         x = x.to(torch.float32) * self._a + self._b
+        if self.extra_views:  # (B, 1 + V, C, H, W): the weak view, then each extra one
+            extra = [self._strong(raw) * (self._a * self.scale) + self._b for _ in self.extra_views]
+            x = torch.stack([x, *extra], 1)
         return x, self.labels[src], view
 
     def _draw_views(self, b: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
@@ -374,21 +416,42 @@ class TransformedSubset(Dataset):
 
     Used where images are decoded from disk (ImageNet): train and val are carved from the same
     ``ImageFolder`` but need different transforms, which ``torch.utils.data.Subset`` can't do.
+    ``strong_transform``: the strong view's transform, rendered (stacked after the usual one,
+    in the loader's workers) by the split :meth:`with_views` returns.
     """
 
     def __init__(self, base: Any, indices: np.ndarray, *, source: Literal["train", "test"],
-                 transform: Callable[[Any], torch.Tensor]) -> None:
+                 transform: Callable[[Any], torch.Tensor],
+                 strong_transform: Callable[[Any], torch.Tensor] | None = None) -> None:
         self.base = base
         self.indices = np.asarray(indices, dtype=np.int64)
         self.source = source
         self.transform = transform
+        self.strong_transform = strong_transform
+        self.extra_views: tuple[str, ...] = ()
+
+    def with_views(self, names: Sequence[str]) -> TransformedSubset:
+        """As :meth:`TensorImageDataset.with_views`: each image as a ``(1 + V, C, H, W)`` stack."""
+        unknown = sorted(set(names) - set(EXTRA_VIEWS))
+        if unknown:
+            raise ConfigError(f"no image view named {unknown[0]!r} (known: {list(EXTRA_VIEWS)})")
+        if self.strong_transform is None:
+            raise ConfigError("a strong view was asked for but the task's strong_augment is 'none'",
+                              field="strong_augment")
+        out = copy.copy(self)
+        out.extra_views = tuple(names)
+        return out
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, target = self.base.samples[int(self.indices[i])]
-        return self.transform(self.base.loader(path)), int(target)
+        image = self.base.loader(path)
+        x = self.transform(image)
+        if self.extra_views:
+            x = torch.stack([x, *(self.strong_transform(image) for _ in self.extra_views)])
+        return x, int(target)
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,6 +535,13 @@ class Task:
             resolved[key] = value
         # declaration order, so logged and recorded configurations read the same every time
         return {key: resolved.get(key, opt.default) for key, opt in declared.items()}
+
+    def spec_options(self) -> dict[str, Any]:
+        """The resolved options a run spec records: every option, defaults included, except
+        those declared ``added_later`` while they hold their default."""
+        declared = self.declared_options()
+        return {k: v for k, v in self.options.items()
+                if not (declared[k].added_later and v == declared[k].default)}
 
     # -- description ------------------------------------------------------------------------
 
@@ -569,6 +639,10 @@ class VisionTask(Task):
     kind: ClassVar[TaskKind] = "image_classification"
     OPTIONS: ClassVar[dict[str, Option]] = {
         "augment": Option(True, (bool,), "augment the training split (val/test never are)"),
+        "strong_augment": Option("randaugment", (str,), "the policy of the strong view of each training "
+                                 "image, rendered only for a method that asks for one (MLKD): "
+                                 "'randaugment' (FixMatch's, as MLKD's code) or 'none'",
+                                 check=check_policy, added_later=True),
     }
 
     mean: tuple[float, ...]
@@ -602,7 +676,7 @@ class VisionTask(Task):
         common = {"mean": self.mean, "std": self.std, "scale": scale, "pad": pad, "flip": flip}
         return {
             "train": TensorImageDataset(train_images, train_labels, train_idx, source="train",
-                                        augment=o["augment"], **common),
+                                        augment=o["augment"], strong=o["strong_augment"], **common),
             "val": TensorImageDataset(train_images, train_labels, val_idx, source="train",
                                       **common),
             "test": TensorImageDataset(test_images, test_labels, test_idx, source="test",

@@ -8,7 +8,10 @@ validation set is this task's *test* split; the ``val`` split is carved from ``t
 Transforms: training ``RandomResizedCrop(image_size)`` + ``RandomHorizontalFlip``; everything
 else (and training with ``augment=False``) ``Resize(image_size·256/224)`` +
 ``CenterCrop(image_size)``; then ``ToTensor`` + ImageNet mean/std. ``image_size`` (default 224)
-exists so tests can run on tiny images.
+exists so tests can run on tiny images. The strong view of a method that asks for one (MLKD) is
+its own ``RandomResizedCrop`` + flip, then the ``strong_augment`` policy
+(:mod:`cist_bench.data.augment`), then the normalisation, as MLKD's
+``mdistiller/dataset/imagenet.py`` (``get_imagenet_train_transform_strong``) builds it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any, ClassVar
 
 from torch.utils.data import Dataset
 
+from cist_bench.data.augment import StrongAugment
 from cist_bench.data.base import (
     Option,
     TransformedSubset,
@@ -106,6 +110,17 @@ class ImageNetTask(VisionTask):
             head = [T.Resize(round(size * 256 / 224)), T.CenterCrop(size)]
         return T.Compose([*head, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
+    def strong_transform(self) -> Any:
+        """The strong view's transform, or ``None`` when ``strong_augment`` is ``'none'``."""
+        from torchvision import transforms as T
+
+        policy = self.options["strong_augment"]
+        if policy == "none":
+            return None
+        size = self.options["image_size"]
+        return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), StrongAugment(policy),
+                          T.Normalize(self.mean, self.std)])
+
     def check_data(self) -> None:
         """The folders and their classes, not the 1.28 M files (a node's start-up check)."""
         if not self._classes:  # pragma: no cover - _classes raises when there are none
@@ -127,7 +142,8 @@ class ImageNetTask(VisionTask):
         eval_tf = self.transforms(train=False)
         return {
             "train": TransformedSubset(train_folder, train_idx, source="train",
-                                       transform=self.transforms(train=True)),
+                                       transform=self.transforms(train=True),
+                                       strong_transform=self.strong_transform()),
             "val": TransformedSubset(train_folder, val_idx, source="train", transform=eval_tf),
             "test": TransformedSubset(test_folder, test_idx, source="test", transform=eval_tf),
         }

@@ -96,6 +96,9 @@ def fusion_problem(specs: Sequence[RunSpec], task: Task | None = None) -> str | 
         if loss.features:
             return (f"loss {spec.loss.name} distils features ({', '.join(sorted(loss.features))}): a pack "
                     "stacks logits only, so it trains as separate runs")
+        if loss.views:
+            return (f"loss {spec.loss.name} distils on several views of each image ({', '.join(loss.views)}): "
+                    "a pack stacks one view, so it trains as separate runs")
         if not loss.batched and any(True for _ in _loss_parameters(spec)):
             return (f"loss {spec.loss.name} has learnable parameters but no batched form "
                     "(DistillationLoss.batched)")

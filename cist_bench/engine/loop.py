@@ -129,6 +129,9 @@ def evaluate(model: nn.Module, task: Task, dataset: Dataset, *, info: DistInfo,
     # a feature loss's diagnostics need the student's and the (online) teacher's features
     features = teacher is not None and loss_fn is not None and bool(loss_fn.features)
     preact, teacher_preact = feature_preact(loss_fn.features) if features else (False, False)
+    # a multi-view loss: evaluation images are not augmented, so their one rendering stands
+    # for every view (the diagnostics are the loss's on identical views)
+    view_names = loss_fn.views if loss_fn is not None else ()
     for x, y, idx in loader:
         x, y = to_device(x, device, channels_last), y.to(device, non_blocking=True)
         extra: dict[str, Any] = {}
@@ -141,6 +144,8 @@ def evaluate(model: nn.Module, task: Task, dataset: Dataset, *, info: DistInfo,
         acc.update(logits.float(), y)
         if teacher is not None and loss_fn is not None:
             t_logits = extra["features"][1].logits if features else teacher.logits(x, split=split, index=idx)
+            if view_names:
+                extra["views"] = {name: (logits.float(), t_logits) for name in view_names}
             out = loss_fn(logits.float(), t_logits, y, progress=progress, epoch_progress=progress,
                           complete_targets=not task.may_ignore_targets, **extra)
             stats.update(out, (y != -100).sum())
@@ -240,6 +245,16 @@ class RunState:
         #: online every step, and the loss's modules are sized (bind) before the optimiser
         self.feature_loss = bool(loss_fn.features)
         self.preact, self.teacher_preact = feature_preact(loss_fn.features)
+        #: the extra views of each image the loss needs (MLKD: "strong"): the training split
+        #: yields every view stacked on dimension 1; the student sees each in its own forward
+        #: (its BatchNorm normalises each view's batch apart, as the reference's two calls); the
+        #: teacher's logits for the usual view come as for any logit loss (its per-view cache
+        #: when the suite enables it: the crop × flip views are finite), and for the extra views
+        #: online, since a strong policy (RandAugment) draws from a continuum no cache can hold
+        self.view_names = loss_fn.views
+        if self.view_names and (self.teacher_runtime is None or self.feature_loss):
+            raise ValueError(f"loss {spec.loss.name} distils on several views: it needs a teacher "
+                             "(and views cannot be combined with features)")
         forward_module: nn.Module = student
         if self.feature_loss:
             if self.teacher_runtime is None:
@@ -297,6 +312,11 @@ class RunState:
         views = self.teacher_runtime is not None and self.teacher_runtime.view_cache and not self.feature_loss
         if device.type == "cuda" and train_cfg.loader_workers == 0 and callable(getattr(train_set, "on", None)):
             train_set = train_set.on(device)  # uint8 images on the GPU, augmented there in batches
+        if self.view_names:
+            if not callable(getattr(train_set, "with_views", None)):
+                raise ValueError(f"loss {spec.loss.name} needs the {', '.join(self.view_names)} view of each "
+                                 f"image; task {task.name} cannot render views")
+            train_set = train_set.with_views(self.view_names)
         self.loader = make_loader(train_set, train_cfg.batch_size, self.sampler, train_cfg.loader_workers,
                                   device, views=views)
         self.train_seconds = sum(h["train_seconds"] for h in self.history)
@@ -343,7 +363,17 @@ class RunState:
                                                                    dict[str, Any]]:
         """Student logits, teacher logits and the loss's extra arguments for one batch: for a
         logit loss ``model(x)``, the teacher's (cached or online) logits and nothing more; for a
-        feature loss both stage outputs (``features=``), the teacher's computed online."""
+        feature loss both stage outputs (``features=``), the teacher's computed online; for a
+        multi-view loss the usual view's logits and each extra view's (``views=``)."""
+        if self.view_names:  # x: (B, 1 + V, C, H, W), the usual view first (the reference's order)
+            assert self.teacher_runtime is not None
+            weak = to_device(x[:, 0], self.device, self.channels_last)
+            s_weak, t_weak = self.model(weak), self.teacher_logits(weak, idx)
+            views = {}
+            for i, name in enumerate(self.view_names, start=1):
+                xv = to_device(x[:, i], self.device, self.channels_last)
+                views[name] = (self.model(xv), self.teacher_runtime.online(xv))
+            return s_weak, t_weak, {"views": views}
         if not self.feature_loss:
             return self.model(x), self.teacher_logits(x, idx), {}
         assert self.teacher_runtime is not None

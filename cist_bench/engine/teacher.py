@@ -347,6 +347,11 @@ class TeacherRuntime:
                                 rows["lse"].to(self.device), self.task.num_classes)
         return out[index.to(out.device, non_blocking=True)].to(self.device, non_blocking=True).float()
 
+    def online(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits for ``x`` computed now, never from a cache (an image view the
+        cache does not hold: a multi-view loss's strong view)."""
+        return self.frozen(x)
+
     def stages(self, x: torch.Tensor, *, preact: bool = False) -> StageOutput:
         """The teacher's logits, stage features and embedding for ``x``, always computed online:
         the output cache holds logits only (features of every stage of every training image

@@ -42,6 +42,14 @@ count the training-set size) by :meth:`~DistillationLoss.bind_samples` before th
 built, and gets each training row's index in that split as ``index=`` (the loader's ``idx``),
 passed on to ``distill_features``. Evaluation calls it without indices, in eval mode; such a loss
 must leave its state unchanged there. Its state is per process: it runs on one worker only.
+
+**Multi-view losses** (MLKD) declare the extra augmented views of each image they need in
+:attr:`DistillationLoss.views` (``("strong",)``) and are called with ``views={"strong":
+(student_logits, teacher_logits)}`` for the same images in that view, beside the usual (weak)
+view's logits; they implement :meth:`~DistillationLoss.distill_views`. Their ``"ce"`` term sums
+the cross-entropy over every view the student saw (the MLKD reference: CE on the weak and on the
+strong view). Ignored rows are dropped from every view alike. Losses without ``views`` never see
+them.
 """
 
 from __future__ import annotations
@@ -199,6 +207,12 @@ class DistillationLoss(nn.Module):
     #: that split (``index=``, training only), and refuses data-parallel workers, which would
     #: each update their own copy of the state
     needs_index: ClassVar[bool] = False
+    #: the augmented views of each image the loss needs besides the task's own (weak) one, from
+    #: :data:`cist_bench.data.base.EXTRA_VIEWS` (``"strong"``: the task's ``strong_augment``
+    #: policy). Non-empty: the training split yields every view (``with_views``), the student
+    #: and the teacher see each, the teacher online for the extra ones, and the run never fuses
+    #: into a pack. At evaluation (no augmentation) the one rendering stands for every view.
+    views: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, ce_weight: float) -> None:
         super().__init__()
@@ -216,6 +230,13 @@ class DistillationLoss(nn.Module):
                          student: StageOutput, teacher: StageOutput) -> tuple[Tensor, Stats]:
         """A feature loss's weighted term and stats: ``s, t, y`` as for :meth:`distill`, and the
         student's and teacher's stage outputs (float32; the teacher's detached)."""
+        raise NotImplementedError
+
+    def distill_views(self, s: Tensor, t: Tensor, y: Tensor | None, progress: float,
+                      views: dict[str, tuple[Tensor, Tensor]]) -> tuple[Tensor, Stats]:
+        """A multi-view loss's weighted term and stats: ``s, t, y`` as for :meth:`distill` on the
+        usual (weak) view, and per extra view the (student, teacher) logits of the same rows
+        (float32; the teacher's detached)."""
         raise NotImplementedError
 
     def bind(self, student: StageShapes, teacher: StageShapes) -> None:
@@ -237,12 +258,15 @@ class DistillationLoss(nn.Module):
                 target: Tensor | None = None, progress: float = 0.0,
                 epoch_progress: float | None = None, *, complete_targets: bool = False,
                 features: tuple[StageOutput, StageOutput] | None = None,
-                index: Tensor | None = None) -> dict[str, Tensor]:
+                index: Tensor | None = None,
+                views: dict[str, tuple[Tensor, Tensor]] | None = None) -> dict[str, Tensor]:
         """``complete_targets``: the caller knows no target is ``IGNORE_INDEX`` (an image task),
         so the mask check (a host read of a device tensor) is skipped. ``features``: (student,
         teacher) stage outputs, for a loss that declares :attr:`features` (ignored otherwise).
         ``index``: each row's index in the training split, for a loss that declares
-        :attr:`needs_index` (required in training mode, ignored otherwise)."""
+        :attr:`needs_index` (required in training mode, ignored otherwise). ``views``: name →
+        (student, teacher) logits of the same images in that view, for a loss that declares
+        :attr:`views` (ignored otherwise)."""
         for name, value in (("progress", progress), ("epoch_progress", epoch_progress)):
             if value is not None and not (-1e-6 <= float(value) <= 1.0 + 1e-6):
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
@@ -261,6 +285,19 @@ class DistillationLoss(nn.Module):
             t = teacher_logits.detach().reshape(-1, num_classes)
         elif self.needs_teacher:
             raise ValueError(f"{type(self).__name__} needs teacher logits")
+        view_logits: dict[str, tuple[Tensor, Tensor]] = {}  # the extra views' rows (MLKD)
+        if self.views:
+            missing = [v for v in self.views if views is None or v not in views]
+            if missing:
+                raise ValueError(f"{type(self).__name__} needs the student's and teacher's logits on the "
+                                 f"{', '.join(missing)} view (views={{name: (student, teacher)}})")
+            assert views is not None
+            for name in self.views:
+                vs, vt = views[name]
+                if vs.shape != student_logits.shape or vt.shape != student_logits.shape:
+                    raise ValueError(f"the {name} view's logits {tuple(vs.shape)}/{tuple(vt.shape)} differ "
+                                     f"in shape from the student's {tuple(student_logits.shape)}")
+                view_logits[name] = (vs.reshape(-1, num_classes), vt.detach().reshape(-1, num_classes))
         y = None
         if target is not None:
             y = target.reshape(-1)
@@ -276,6 +313,7 @@ class DistillationLoss(nn.Module):
                                          "drop ignored positions (an image task has none)")
                     s, y = s[valid], y[valid]
                     t = t[valid] if t is not None else None
+                    view_logits = {k: (vs[valid], vt[valid]) for k, (vs, vt) in view_logits.items()}
         elif self.needs_target or self.ce_weight > 0:
             raise ValueError(f"{type(self).__name__} needs targets (ce_weight={self.ce_weight})")
 
@@ -292,6 +330,8 @@ class DistillationLoss(nn.Module):
             nll = F.cross_entropy(s.float(), y, reduction="none")
             self.student_nll = nll.detach()
             ce = self.ce_weight * nll.mean()
+            for vs, _ in view_logits.values():  # a multi-view loss: CE on every view the student saw
+                ce = ce + self.ce_weight * F.cross_entropy(vs.float(), y)
         else:
             ce = s.new_zeros((), dtype=torch.float32)
         if self.features:
@@ -312,6 +352,9 @@ class DistillationLoss(nn.Module):
                 extra["index"] = index.reshape(-1) if index is not None else None
             kd, stats = self.distill_features(s.float(), t.float() if t is not None else None, y, progress,
                                               student, teacher, **extra)
+        elif self.views:
+            kd, stats = self.distill_views(s.float(), t.float(), y, progress,
+                                           {k: (vs.float(), vt.float()) for k, (vs, vt) in view_logits.items()})
         else:
             kd, stats = self.distill(s.float(), t.float() if t is not None else None, y, progress)
         return {"loss": ce + kd, "ce": ce, "kd": kd, **stats}
