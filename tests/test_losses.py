@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -804,6 +805,11 @@ def test_every_loss_names_its_reference() -> None:
     from cist_bench.losses import loss_reference
 
     assert all(loss_reference(name) for name in ALL)
+    # the LM divergences share a module: each names its own paper, and every cited loss its venue
+    divergences = ["fkl", "rkl", "tvd", "jsd", "skl", "srkl", "akl"]
+    assert len({loss_reference(n) for n in divergences}) == len(divergences)
+    assert all(re.search(r"(19|20)\d\d|arXiv", loss_reference(n)) for n in ALL if n != "ce"), \
+        [(n, loss_reference(n)) for n in ALL if not re.search(r"(19|20)\d\d|arXiv", loss_reference(n))]
     assert loss_reference("fitnet").startswith("Romero et al., \"FitNets")
     assert loss_reference("rkd").startswith("Park, Kim, Lu & Cho, \"Relational Knowledge Distillation\"")
     assert loss_reference("crd").startswith("Tian, Krishnan & Isola, \"Contrastive Representation Distillation\"")

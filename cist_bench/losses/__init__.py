@@ -63,9 +63,12 @@ def loss_needs_teacher(name: str) -> bool:
 
 
 def loss_reference(name: str) -> str:
-    """The paper behind loss ``name``: the first line of its module's docstring (one method per
-    file, whose docstring opens with its citation), without the leading ````name````."""
+    """The paper behind loss ``name``: its class's ``reference`` when set, else the first line of
+    its module's docstring (one method per file, whose docstring opens with its citation), without
+    the leading ````name````."""
     cls = LOSSES.get(name)
+    if cls.reference:  # a module of several methods (the LM divergences) names each one's paper
+        return cls.reference
     doc = (sys.modules[cls.__module__].__doc__ or "").strip()
     first = doc.splitlines()[0].strip() if doc else ""
     return re.sub(r"^``[^`]+``(?:\s+and its ablations)?:\s*", "", first)

@@ -213,6 +213,9 @@ class DistillationLoss(nn.Module):
     #: and the teacher see each, the teacher online for the extra ones, and the run never fuses
     #: into a pack. At evaluation (no augmentation) the one rendering stands for every view.
     views: ClassVar[tuple[str, ...]] = ()
+    #: the paper behind the loss, when its module's docstring (whose first line is the default,
+    #: :func:`~cist_bench.losses.loss_reference`) holds several methods
+    reference: ClassVar[str | None] = None
 
     def __init__(self, *, ce_weight: float) -> None:
         super().__init__()

@@ -147,6 +147,9 @@ def cist_rows(t: Tensor, s: Tensor, tau_t: Tensor, tau_s: Tensor) -> tuple[Tenso
 class _CISTBase(DistillationLoss):
     """All CIST variants; the registered subclasses fix what their ablation changes."""
 
+    reference = ('Luong, Vo, Zhao & Chen, "Consistently Informative Soft-Label Temperature for Knowledge '
+                 'Distillation", arXiv 2605.20357 (our reading of the abstract)')
+
     batched = True
     batched_hparams: tuple[str, ...] = ("tau_min", "tau_max", "kd_weight")
     host_state = ("_calib_batches",)

@@ -110,6 +110,7 @@ class _Divergence(DistillationLoss):
 
 @register_loss("fkl")
 class ForwardKL(_Divergence):
+    reference = 'Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015 (forward KL)'
     def __init__(self, *, temperature: float = 1.0, ce_weight: float = 1.0,
                  kd_weight: float = 1.0) -> None:
         super().__init__(temperature=temperature, ce_weight=ce_weight, kd_weight=kd_weight)
@@ -120,6 +121,8 @@ class ForwardKL(_Divergence):
 
 @register_loss("rkl")
 class ReverseKL(_Divergence):
+    reference = ('Gu, Dong, Wei & Huang, "MiniLLM: Knowledge Distillation of Large Language '
+                 'Models", ICLR 2024 (reverse KL)')
     def __init__(self, *, temperature: float = 1.0, ce_weight: float = 1.0,
                  kd_weight: float = 1.0) -> None:
         super().__init__(temperature=temperature, ce_weight=ce_weight, kd_weight=kd_weight)
@@ -130,6 +133,8 @@ class ReverseKL(_Divergence):
 
 @register_loss("tvd")
 class TotalVariation(_Divergence):
+    reference = ('Wen, Li, Du & Mou, "f-Divergence Minimization for Sequence-Level Knowledge '
+                 'Distillation", ACL 2023 (TVD)')
     def __init__(self, *, temperature: float = 1.0, ce_weight: float = 1.0,
                  kd_weight: float = 1.0) -> None:
         super().__init__(temperature=temperature, ce_weight=ce_weight, kd_weight=kd_weight)
@@ -140,6 +145,8 @@ class TotalVariation(_Divergence):
 
 @register_loss("jsd")
 class JensenShannon(_Divergence):
+    reference = ('Agarwal et al., "On-Policy Distillation of Language Models: Learning from '
+                 'Self-Generated Mistakes" (GKD), ICLR 2024 (generalised JSD)')
     def __init__(self, *, beta: float = 0.5, temperature: float = 1.0, ce_weight: float = 1.0,
                  kd_weight: float = 1.0) -> None:
         super().__init__(temperature=temperature, ce_weight=ce_weight, kd_weight=kd_weight)
@@ -152,6 +159,8 @@ class JensenShannon(_Divergence):
 
 @register_loss("skl")
 class SkewKL(_Divergence):
+    reference = ('Ko, Kim, Chen & Yun, "DistiLLM: Towards Streamlined Distillation for Large '
+                 'Language Models", ICML 2024 (skew KL)')
     def __init__(self, *, alpha: float = 0.1, temperature: float = 1.0, ce_weight: float = 1.0,
                  kd_weight: float = 1.0) -> None:
         super().__init__(temperature=temperature, ce_weight=ce_weight, kd_weight=kd_weight)
@@ -164,6 +173,8 @@ class SkewKL(_Divergence):
 
 @register_loss("srkl")
 class SkewReverseKL(_Divergence):
+    reference = ('Ko, Kim, Chen & Yun, "DistiLLM: Towards Streamlined Distillation for Large '
+                 'Language Models", ICML 2024 (skew reverse KL)')
     def __init__(self, *, alpha: float = 0.1, temperature: float = 1.0, ce_weight: float = 1.0,
                  kd_weight: float = 1.0) -> None:
         super().__init__(temperature=temperature, ce_weight=ce_weight, kd_weight=kd_weight)
@@ -176,6 +187,8 @@ class SkewReverseKL(_Divergence):
 
 @register_loss("akl")
 class AdaptiveKL(_Divergence):
+    reference = ('Wu et al., "Rethinking Kullback-Leibler Divergence in Knowledge Distillation '
+                 'for Large Language Models", COLING 2025 (AKL)')
     def __init__(self, *, mu: float = 0.5, temperature: float = 1.0, ce_weight: float = 1.0,
                  kd_weight: float = 1.0) -> None:
         super().__init__(temperature=temperature, ce_weight=ce_weight, kd_weight=kd_weight)
