@@ -153,6 +153,13 @@ def test_dry_run_estimates_from_measured_pack_throughput(tmp_path, capsys) -> No
     assert ratio > 1.5  # resnet20 has ~2.5x resnet8's FLOPs
     assert estimate([bigger], sizes, measured, pack_size=40, assumed=10.0).seconds == \
         pytest.approx(2000 / 4000.0 * ratio)
+    # MLKD: the student on two views, the teacher online on the strong one (weak: online here too)
+    s8 = train_flops(ModelSpec("resnet8"), None, TaskSpec("cifar100"), online=False) / 3
+    mlkd = dataclasses.replace(same, loss=LossSpec("mlkd"))
+    assert train_flops(ModelSpec("resnet8"), ModelSpec("resnet8"), TaskSpec("cifar100"), online=True,
+                       extra_views=1) == pytest.approx(2 * 3 * s8 + 2 * s8)
+    assert estimate([mlkd], {mlkd.run_id: 1000}, measured, pack_size=8, assumed=10.0).seconds == \
+        pytest.approx(2000 / 1000.0 * 2)  # twice the per-sample work of KD on the same pair
     no_row = estimate([cpu], sizes, measured, pack_size=8, assumed=10.0)  # no CPU measurement: assumed
     assert (no_row.measured_runs, no_row.assumed_runs, no_row.seconds) == (0, 1, pytest.approx(200.0))
     # the plan printed by validate and --dry-run says what the estimate rests on

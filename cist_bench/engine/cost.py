@@ -5,8 +5,9 @@ A run's training time is its student samples over the measured aggregate through
 on its kind of device (the best pack of at most ``pack_size`` runs, teacher online or from its
 per-view cache as the run's teacher says), scaled from the measured pair to the run's pair by
 the ratio of their training FLOPs per sample (3 × the student's forward, plus the teacher's
-forward when it runs online). That assumes the same device utilisation for every pair of a
-size class — an estimate, which is why the CLI prints its basis.
+forward when it runs online; a multi-view loss such as MLKD counts both per view). That assumes
+the same device utilisation for every pair of a size class — an estimate, which is why the CLI
+prints its basis.
 """
 
 from __future__ import annotations
@@ -51,14 +52,18 @@ def forward_flops(model: ModelSpec, task: TaskSpec) -> float | None:
     return _forward_flops(canonical_json(to_dict(model)), canonical_json(to_dict(task)))
 
 
-def train_flops(student: ModelSpec, teacher: ModelSpec | None, task: TaskSpec, *, online: bool) -> float | None:
+def train_flops(student: ModelSpec, teacher: ModelSpec | None, task: TaskSpec, *, online: bool,
+                extra_views: int = 0) -> float | None:
     """Training FLOPs per sample: the student's forward and backward (3 forwards), plus the
-    teacher's forward when it runs online."""
+    teacher's forward when it runs online; a multi-view loss (MLKD) runs the student on each of
+    its ``extra_views`` too, and the teacher online on them."""
     s = forward_flops(student, task)
     if s is None:
         return None
-    t = forward_flops(teacher, task) if teacher is not None and online else 0.0
-    return None if t is None else 3 * s + t
+    t = forward_flops(teacher, task) if teacher is not None and (online or extra_views) else 0.0
+    if t is None:
+        return None
+    return 3 * s * (1 + extra_views) + t * ((1 if online else 0) + extra_views)
 
 
 @dataclass
@@ -99,9 +104,10 @@ def estimate(runs: list[RunSpec], train_sizes: dict[str, int | None], measuremen
         distils = run.teacher is not None and loss_needs_teacher(run.loss.name)
         # a feature loss runs its teacher online (the cache holds logits only)
         views = distils and bool(run.teacher.cache_views) and not LOSSES.get(run.loss.name).features  # type: ignore[union-attr]
+        extra_views = len(LOSSES.get(run.loss.name).views) if distils else 0
         row = _best_row(block, pack_size, views) if block else None
         cost = train_flops(run.student, run.teacher.model if distils else None,  # type: ignore[union-attr]
-                           run.task, online=not views) if row else None
+                           run.task, online=not views, extra_views=extra_views) if row else None
         ref = train_flops(ModelSpec(block["student"]), ModelSpec(block["teacher"]), MEASURED_TASK,
                           online=not views) if row and block else None
         if row is None or not cost or not ref:
