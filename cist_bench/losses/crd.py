@@ -170,9 +170,16 @@ class CRD(DistillationLoss):
             self._generator = torch.Generator(device=device)
         self._generator.manual_seed((self.seed * 1_000_003 + self.draws) % 2**63)
         self.draws += 1
-        weights = (labels[None, :] != labels[index][:, None]).to(torch.float32)  # (B, N): other classes
-        negatives = torch.multinomial(weights, self.nce_k, replacement=self.replacement,
-                                      generator=self._generator)  # (B, K)
+        others = labels[None, :] != labels[index][:, None]  # (B, N): the other classes' samples
+        if self.replacement:
+            negatives = torch.multinomial(others.to(torch.float32), self.nce_k, replacement=True,
+                                          generator=self._generator)  # (B, K)
+        else:
+            # a uniform K-subset of each row's other-class samples: the K largest of i.i.d.
+            # uniform keys (the same law as multinomial without replacement on equal weights, at a
+            # fraction of its cost for K in the thousands: one rand and one topk per step)
+            keys = torch.rand(others.shape, generator=self._generator, device=device).masked_fill_(~others, -1.0)
+            negatives = keys.topk(self.nce_k, dim=1, sorted=False).indices
         return torch.cat([index[:, None], negatives], dim=1)
 
     # ------------------------------------------------------------------ the loss
