@@ -117,6 +117,16 @@ def test_cifar100_per_pair_reference_settings_are_in_the_expanded_specs() -> Non
     for method in ("ttm", "wttm"):  # zkxufo/TTM README: --ttm_l 0.1 -r 1 -b 45
         hp = _hp(suite, "cifar100", "vgg13→vgg8", method)
         assert (hp["gamma"], hp["ce_weight"], hp["kd_weight"]) == (0.1, 1.0, 45.0)
+    # ReviewKD's weight per pair: dvlab-research/ReviewKD CIFAR-100/script/reviewKD.sh (5 elsewhere)
+    for pair, weight in (("resnet32x4→resnet8x4", 5.0), ("wrn_40_2→wrn_16_2", 5.0), ("resnet56→resnet20", 0.6),
+                         ("resnet110→resnet32", 1.0), ("resnet32x4→shufflev2", 8.0)):
+        assert _hp(suite, "cifar100", pair, "reviewkd")["kd_weight"] == weight, pair
+    # mdistiller cfg.py: FitNet hint 2, CE 1, feature 100; RKD 25/50, CE 1, feature 1; CRD 0.8
+    fitnet = _hp(suite, "cifar100", "vgg13→vgg8", "fitnet")
+    assert fitnet == {"hint_layer": 2, "ce_weight": 1.0, "kd_weight": 100.0}
+    rkd, crd = _hp(suite, "cifar100", "vgg13→vgg8", "rkd"), _hp(suite, "cifar100", "vgg13→vgg8", "crd")
+    assert (rkd["distance_weight"], rkd["angle_weight"]) == (25.0, 50.0)
+    assert (crd["nce_k"], crd["kd_weight"]) == (16384, 0.8)
 
 
 def test_imagenet_and_lm_recipes_follow_the_reference_code() -> None:
