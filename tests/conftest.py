@@ -41,6 +41,15 @@ def _stat_fields(proc: Path) -> list[str]:
     return (proc / "stat").read_text().rsplit(")", 1)[1].split()
 
 
+def _title(pid: int) -> str:
+    """A process's command line (its first 160 characters), or why it cannot be read."""
+    try:
+        raw = (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError as err:
+        return f"unreadable: {err.strerror}"
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:160]
+
+
 def _orphaned_ray_processes(since_ticks: int) -> list[int]:
     """Ray processes started during this session whose parent is gone (re-parented to 1):
     what a killed driver leaves behind, including agents that do not carry the marker."""
@@ -78,11 +87,12 @@ def no_ray_leftovers():
         # Ray's daemons exit on their own after a clean shutdown
         time.sleep(0.5)
     leftovers = sorted(set(_marked_processes()) | set(_orphaned_ray_processes(start)))
+    described = [f"{pid} ({_title(pid)})" for pid in leftovers]  # before they are killed: what they were
     for pid in leftovers:  # do not leave them behind, but do fail the session
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
     if leftovers:
-        pytest.fail(f"Ray processes left running after the tests: {leftovers}", pytrace=False)
+        pytest.fail(f"Ray processes left running after the tests: {described}", pytrace=False)
 
 
 def kill_marked(mark_value: str) -> int:

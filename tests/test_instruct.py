@@ -375,24 +375,33 @@ def test_the_tuned_language_suites_search_every_divergence_at_the_same_temperatu
 
 
 def test_tiny_instruct_suite_through_ray(tmp_path: Path) -> None:
-    """suites/instruct_tuned.yaml (which includes instruct_fixed.yaml), shrunk with --set, end
-    to end: teacher SFT, the equal-budget search over τ ∈ {1, 2, 4}, the winners on fresh seeds,
-    records with test ROUGE-L and their generations, and the report's Generations section,
-    Hyperparameters section and temperature axis (table and figure) from the search's trials."""
+    """The instruction suites' fair protocol end to end, shrunk: instruct_fixed.yaml with the
+    τ search of suites/bases/lm_temperature_search.yaml for fkl and CIST (the same spaces; a
+    suite cannot drop the other methods' spaces with --set): teacher SFT, the equal-budget search
+    over τ ∈ {1, 2, 4}, the winners on fresh seeds, records with test ROUGE-L and their
+    generations, and the report's Generations section, Hyperparameters section and temperature
+    axis (table and figure) from the search's trials."""
     import os
     import subprocess
     import sys
     import uuid
 
+    import yaml
     from conftest import SESSION_MARK, kill_marked
 
+    search = yaml.safe_load((SUITES / "bases" / "lm_temperature_search.yaml").read_text())["search"]
+    search = {**search, "methods": ["fkl", "cist"], "train_seed": 2, "num_samples": 3,
+              "spaces": {m: search["spaces"][m] for m in ("fkl", "cist")}}
+    suite = tmp_path / "tiny_tuned.yaml"
+    suite.write_text(yaml.safe_dump({"include": [str(SUITES / "instruct_fixed.yaml")], "name": "tiny_tuned",
+                                     "search": search}), encoding="utf-8")
     out, mark = tmp_path / "out", uuid.uuid4().hex
     sets = ["seeds=[0]", "train.epochs=1", "tasks.instruct.methods=[ce, fkl, cist]",
             "tasks.instruct.options.val_size=16", "tasks.instruct.options.train_size=96",
             "tasks.instruct.options.test_size=12", "tasks.instruct.options.val_generate_size=4",
             "tasks.instruct.pairs.0.teacher.model.name=gpt_tiny",
-            "tasks.instruct.pairs.0.teacher.train.epochs=1", "search.methods=[fkl, cist]"]
-    cmd = [sys.executable, "-m", "cist_bench.cli", "run", str(SUITES / "instruct_tuned.yaml"),
+            "tasks.instruct.pairs.0.teacher.train.epochs=1"]
+    cmd = [sys.executable, "-m", "cist_bench.cli", "run", str(suite),
            "--output", str(out), "--report", str(tmp_path / "report.md"),
            *[a for s in sets for a in ("--set", s)]]
     env = {**os.environ, SESSION_MARK: mark, "CIST_BENCH_CACHE": str(tmp_path / "cache")}
